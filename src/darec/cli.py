@@ -1,0 +1,242 @@
+"""The ``darec`` command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from darec.config import ConfigError, describe, load_yaml
+
+app = typer.Typer(help="LLM-based sequential recommendation: train, evaluate, recommend.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Inspect, generate and download data sets.", no_args_is_help=True)
+config_app = typer.Typer(help="Show model configurations.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+console = Console()
+err = Console(stderr=True, log_path=False)
+
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError)
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+def _metrics_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("split", "protocol", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"):
+        table.add_column(column, justify="right" if "@" in column else "left")
+    for row in rows:
+        table.add_row(row["split"], row["protocol"], *(f"{row[k]:.4f}" for k in ("hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")))
+    return table
+
+
+def _default_run_dir(dataset: str, model: str) -> Path:
+    return Path("runs") / f"{Path(dataset).name}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[str], overrides: list[str],
+           run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> tuple[Path, list[dict]]:
+    from darec.train import Trainer, build_config
+
+    if resume is not None:
+        trainer = Trainer(None, resume, resume=True, console=err, progress=progress)
+        return resume, trainer.fit()
+    values = load_yaml(config_path) if config_path else {}
+    if dataset:
+        overrides = [f"data.dataset={dataset}", *overrides]
+    config = build_config(values, overrides, model=model, source=str(config_path or "--set"))
+    run_dir = run_dir or _default_run_dir(config.data.dataset, config.model.name)
+    err.log(f"run directory: {run_dir}")
+    trainer = Trainer(config, run_dir, console=err, progress=progress)
+    stats = trainer.dataset.stats()
+    err.log(f"{stats['dataset']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions")
+    return run_dir, trainer.fit()
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option(help="Model name (sasrec, gru4rec, bert4rec, pop).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Named data set, synthetic[-size], or a path.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written (default runs/<dataset>-<model>-<time>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this directory.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model; evaluates the best checkpoint on the test split at the end."""
+    try:
+        where, rows = _train(config, model, dataset, set_ or [], run_dir, resume, progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(_metrics_table(rows, f"{rows[0]['model']} on {rows[0]['dataset']}"))
+    console.print(f"run directory: [bold]{where}[/]")
+
+
+@app.command()
+def quickstart(
+    epochs: Annotated[int, typer.Option(help="Epoch budget.")] = 30,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written.")] = None,
+) -> None:
+    """Train and evaluate SASRec on ml-100k when the data is there, else on synthetic data."""
+    from darec.data import DataError, read_raw
+
+    try:
+        read_raw("ml-100k")
+        dataset = "ml-100k"
+    except DataError:
+        dataset = "synthetic"
+        err.log("ml-100k not found (see `darec data download ml-100k`); using the built-in synthetic data set")
+    try:
+        where, rows = _train(None, "sasrec", dataset, [f"epochs={epochs}", "patience=5"], run_dir, None, True)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(_metrics_table(rows, f"SASRec on {dataset} (leave-one-out, history not excluded)"))
+    console.print(f"run directory: [bold]{where}[/]  (try `darec recommend {where} --history ...`)")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    protocol: Annotated[str, typer.Option(help="full (rank against every item) or sampled (100 negatives).")] = "full",
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    exclude_history: Annotated[Optional[bool], typer.Option(help="Remove seen items from the ranking (default: as trained).")] = None,
+) -> None:
+    """Evaluate the best checkpoint of a run."""
+    from darec.data import load_dataset
+    from darec.train import evaluate as run_eval, load_run, sample_negatives
+
+    try:
+        if protocol not in ("full", "sampled") or split not in ("valid", "test"):
+            raise ValueError("--protocol is full or sampled; --split is valid or test")
+        loaded = load_run(run_dir)
+        c = loaded.config
+        dataset = load_dataset(c.data.dataset, c.data.data_root, c.data.k_core, c.train.seed)
+        if dataset.item_ids != loaded.id_map["items"]:
+            raise ValueError(f"{run_dir}: the data set no longer matches the one this run was trained on")
+        histories, targets = dataset.split(split)
+        negatives = sample_negatives(histories, targets, dataset.n_items, c.train.sampled_negatives, c.train.seed) if protocol == "sampled" else None
+        exclude = c.train.exclude_history if exclude_history is None else exclude_history
+        metrics = run_eval(loaded.model, histories, targets, protocol, exclude, negatives, c.train.eval_batch_size)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    label = "full" if protocol == "full" else f"sampled{c.train.sampled_negatives}"
+    row = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label, **metrics}
+    console.print(_metrics_table([row], f"{c.model.name} on {dataset.name}" + (" (history excluded)" if exclude and protocol == "full" else "")))
+
+
+@app.command()
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    history: Annotated[str, typer.Option(help="Comma-separated original item ids, oldest first.")],
+    k: Annotated[int, typer.Option("-k", help="How many items to return.")] = 10,
+    include_seen: Annotated[bool, typer.Option(help="Allow items already in the history.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Top-k next items for a history given in original ids."""
+    from darec.serve import recommend as top_k
+
+    try:
+        recs = top_k(run_dir, [h.strip() for h in history.split(",") if h.strip()], k, include_seen)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(recs))
+        return
+    table = Table(title=f"top {k}")
+    for column in ("rank", "item", "score", "title"):
+        table.add_column(column)
+    for rank, rec in enumerate(recs, start=1):
+        table.add_row(str(rank), rec["item"], f"{rec['score']:.3f}", rec["title"])
+    console.print(table)
+
+
+@data_app.command("stats")
+def data_stats(
+    dataset: Annotated[str, typer.Argument(help="Named data set, synthetic[-size], or a path.")],
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder holding named data sets.")] = None,
+    k_core: Annotated[int, typer.Option(help="Iterative k-core filter (0 = off).")] = 0,
+) -> None:
+    """Users, items, interactions and sequence lengths of a data set."""
+    from darec.data import load_dataset
+
+    try:
+        stats = load_dataset(dataset, data_root, k_core).stats()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    table = Table(title=str(stats.pop("dataset")), show_header=False)
+    for key, value in stats.items():
+        table.add_row(key, f"{value:.6f}" if isinstance(value, float) and value < 1 else f"{value:,}" if isinstance(value, int) else f"{value:.2f}")
+    console.print(table)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write <name>.inter and <name>.item into.")],
+    size: Annotated[str, typer.Option(help="tiny, small, medium, large or xl.")] = "small",
+    users: Annotated[Optional[int], typer.Option(help="Override the number of users.")] = None,
+    items: Annotated[Optional[int], typer.Option(help="Override the number of items.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a synthetic data set as RecBole atomic files."""
+    from dataclasses import replace
+
+    from darec.data.download import write_atomic_files
+    from darec.data.synthetic import generate, spec_for
+
+    try:
+        spec = spec_for(f"synthetic-{size}", seed)
+        spec = replace(spec, n_users=users or spec.n_users, n_items=items or spec.n_items)
+        raw = generate(spec)
+        inter = write_atomic_files(raw, out, out.name)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    n = sum(map(len, raw.sequences.values()))
+    console.print(f"wrote {n:,} interactions of {len(raw.sequences):,} users to {inter}")
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="ml-100k, ml-1m or amazon-<category> (e.g. amazon-beauty).")],
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder to put it in (default $DAREC_DATA or ~/.cache/darec/data).")] = None,
+) -> None:
+    """Download a public data set (checksum verified, resumable) and convert it to atomic files."""
+    from darec.data import download_root
+    from darec.data.download import DownloadError, download_dataset
+
+    try:
+        path = download_dataset(name, download_root(data_root), console=err)
+    except (DownloadError, *USER_ERRORS) as exc:
+        _fail(exc)
+    console.print(f"ready: {path}  (use --dataset {name})")
+
+
+@config_app.command("show")
+def config_show(model: Annotated[str, typer.Argument(help="Model name.")] = "sasrec") -> None:
+    """Every configuration key for MODEL with its default and help."""
+    from darec.models import model_config_class
+    from darec.train.config import DataConfig, TrainConfig
+
+    try:
+        sections = {"data": DataConfig, "model": model_config_class(model), "train": TrainConfig}
+    except ConfigError as exc:
+        _fail(exc)
+    for section, cls in sections.items():
+        table = Table(title=f"{section}", title_justify="left")
+        for column in ("key", "type", "default", "help"):
+            table.add_column(column)
+        for name, kind, default, help_text in describe(cls):
+            table.add_row(f"{section}.{name}", kind, repr(default) if section != "model" or name != "name" else model, help_text)
+        console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,249 @@
+"""Readers for the file formats our users have. Each returns :class:`RawData`: per-user item
+sequences in time order (original ids) and an item text table.
+
+Supported:
+
+* RecBole atomic files: ``<name>.inter`` (+ optional ``<name>.item`` with item text)
+* RecBole pre-split sequential files: ``<name>.{train,valid,test}.inter`` (+ ``.text``,
+  ``.item2index``)
+* one user per line: ``user item item ...`` (items in time order)
+* CSV with named columns (MovieLens ``ratings.csv`` + ``movies.csv`` style)
+
+Every problem in a file stops with a :class:`DataError` naming the file, the line and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and what was expected."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path, self.line = Path(path), line
+
+
+@dataclass
+class RawData:
+    """Per-user sequences of original item ids, in time order, and item text."""
+
+    sequences: dict[str, list[str]]
+    item_text: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+
+USER_COLUMNS = ("user_id", "userid", "user", "reviewerid")
+ITEM_COLUMNS = ("item_id", "itemid", "movieid", "item", "asin", "product_id")
+TIME_COLUMNS = ("timestamp", "time", "unixreviewtime", "ts", "date")
+TEXT_COLUMNS = ("movie_title", "title", "text", "name")
+EXTRA_TEXT_COLUMNS = ("release_year", "year", "genres", "genre", "class", "categories", "brand")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text (byte {exc.start})") from None
+    if not any(line.strip() for line in lines):
+        raise DataError(path, "file is empty")
+    return lines
+
+
+def _bare(column: str) -> str:
+    """``item_id:token`` -> ``item_id`` (RecBole typed header)."""
+    return column.split(":", 1)[0].strip().lower()
+
+
+def _find(header: list[str], candidates: tuple[str, ...], path: Path, what: str, required: bool = True) -> int | None:
+    bare = [_bare(c) for c in header]
+    for name in candidates:
+        if name in bare:
+            return bare.index(name)
+    if required:
+        raise DataError(path, f"missing {what} column: expected one of {', '.join(candidates)}; header has {', '.join(bare)}", 1)
+    return None
+
+
+def _parse_time(value: str, path: Path, line: int) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(path, f"timestamp {value!r} is not a number", line) from None
+
+
+def _sequences_from_interactions(rows: list[tuple[str, str, float]]) -> dict[str, list[str]]:
+    """Group (user, item, time) rows into per-user sequences; ties keep file order (stable sort)."""
+    by_user: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    for row_number, (user, item, time) in enumerate(rows):
+        by_user[user].append((time, row_number, item))
+    return {user: [item for _, _, item in sorted(events)] for user, events in by_user.items()}
+
+
+def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line number, fields) rows; ragged lines are errors."""
+    lines = _read_lines(path)
+    rows = list(csv.reader(lines, delimiter=delimiter)) if delimiter == "," else [line.split(delimiter) for line in lines]
+    header = rows[0]
+    body = []
+    for number, fields in enumerate(rows[1:], start=2):
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(path, f"expected {len(header)} fields ({', '.join(map(_bare, header))}), found {len(fields)}", number)
+        body.append((number, fields))
+    if not body:
+        raise DataError(path, "no data rows after the header")
+    return header, body
+
+
+def _interactions(path: Path, delimiter: str) -> list[tuple[str, str, float]]:
+    header, body = _read_table(path, delimiter)
+    u = _find(header, USER_COLUMNS, path, "user")
+    i = _find(header, ITEM_COLUMNS, path, "item")
+    t = _find(header, TIME_COLUMNS, path, "timestamp", required=False)
+    rows = []
+    for number, fields in body:
+        user, item = fields[u].strip(), fields[i].strip()
+        if not user or not item:
+            raise DataError(path, "empty user or item id", number)
+        time = _parse_time(fields[t].strip(), path, number) if t is not None else 0.0
+        rows.append((user, item, time))
+    return rows
+
+
+def _item_text(path: Path, delimiter: str, known_items: set[str]) -> dict[str, str]:
+    """Item text from a table: the title column first, then attribute columns."""
+    header, body = _read_table(path, delimiter)
+    i = _find(header, ITEM_COLUMNS, path, "item")
+    title = _find(header, TEXT_COLUMNS, path, "title", required=False)
+    extras = [j for j, c in enumerate(header) if _bare(c) in EXTRA_TEXT_COLUMNS]
+    texts: dict[str, str] = {}
+    for number, fields in body:
+        item = fields[i].strip()
+        if item in texts:
+            raise DataError(path, f"duplicate item id {item!r}", number)
+        if item not in known_items:
+            raise DataError(path, f"item {item!r} has text but appears in no interaction", number)
+        parts = [fields[title].strip()] if title is not None else []
+        parts += [fields[j].strip().replace("|", ", ") for j in extras if fields[j].strip()]
+        texts[item] = " | ".join(p for p in parts if p)
+    return texts
+
+
+def _all_items(sequences: dict[str, list[str]]) -> set[str]:
+    return {item for seq in sequences.values() for item in seq}
+
+
+def read_atomic(inter_path: str | Path, item_path: str | Path | None = None) -> RawData:
+    """RecBole atomic files: tab-separated with a typed header (``user_id:token ...``)."""
+    inter_path = Path(inter_path)
+    sequences = _sequences_from_interactions(_interactions(inter_path, "\t"))
+    if item_path is None and inter_path.with_suffix(".item").exists():
+        item_path = inter_path.with_suffix(".item")
+    texts = _item_text(Path(item_path), "\t", _all_items(sequences)) if item_path else {}
+    return RawData(sequences, texts, str(inter_path))
+
+
+def read_csv(ratings_path: str | Path, items_path: str | Path | None = None) -> RawData:
+    """CSV with named columns, e.g. MovieLens ``ratings.csv`` (+ ``movies.csv`` for titles)."""
+    ratings_path = Path(ratings_path)
+    sequences = _sequences_from_interactions(_interactions(ratings_path, ","))
+    texts = _item_text(Path(items_path), ",", _all_items(sequences)) if items_path else {}
+    return RawData(sequences, texts, str(ratings_path))
+
+
+def read_user_lines(path: str | Path) -> RawData:
+    """One user per line, whitespace-separated: ``user item item ...`` in time order."""
+    path = Path(path)
+    sequences: dict[str, list[str]] = {}
+    for number, line in enumerate(_read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise DataError(path, "expected a user id followed by at least one item id", number)
+        if fields[0] in sequences:
+            raise DataError(path, f"duplicate user id {fields[0]!r} (one line per user expected)", number)
+        sequences[fields[0]] = fields[1:]
+    return RawData(sequences, {}, str(path))
+
+
+def read_presplit(prefix: str | Path) -> RawData:
+    """RecBole pre-split sequential files ``<prefix>.{train,valid,test}.inter``.
+
+    Rows are ``user_id  item_id_list  item_id`` (history, target). The full sequence of a
+    user is rebuilt from their longest training row plus the validation and test targets,
+    checking that each split's history agrees with the previous splits.
+    """
+    prefix = Path(prefix)
+    full: dict[str, list[str]] = {}
+    for split in ("train", "valid", "test"):
+        path = Path(f"{prefix}.{split}.inter")
+        header, body = _read_table(path, "\t")
+        u = _find(header, USER_COLUMNS, path, "user")
+        h = _find(header, ("item_id_list",), path, "history")
+        i = _find(header, ITEM_COLUMNS, path, "item")
+        seen: set[str] = set()
+        for number, fields in body:
+            user, history, target = fields[u].strip(), fields[h].split(), fields[i].strip()
+            if not target:
+                raise DataError(path, "empty target item id", number)
+            row = history + [target]
+            if split == "train":
+                if len(row) > len(full.get(user, [])):
+                    full[user] = row
+                continue
+            if user in seen:
+                raise DataError(path, f"duplicate user id {user!r} (one row per user expected)", number)
+            seen.add(user)
+            known = full.get(user, [])
+            # Histories may be cut to their last N items: the overlap must agree.
+            n = min(len(known), len(history))
+            if known[len(known) - n:] != history[len(history) - n:]:
+                raise DataError(path, f"history of user {user!r} does not continue their earlier rows", number)
+            full[user] = max(known, history, key=len) + [target]
+    texts: dict[str, str] = {}
+    text_path, index_path = Path(f"{prefix}.text"), Path(f"{prefix}.item2index")
+    if text_path.exists():
+        header, body = _read_table(text_path, "\t")
+        i = _find(header, ITEM_COLUMNS, text_path, "item")
+        t = _find(header, TEXT_COLUMNS, text_path, "text")
+        raw = {}
+        for number, fields in body:
+            if fields[i] in raw:
+                raise DataError(text_path, f"duplicate item id {fields[i]!r}", number)
+            raw[fields[i]] = (fields[t].strip(), number)
+        # Sequences use indices; the text file uses original ids (e.g. ASINs): map through item2index.
+        if index_path.exists():
+            index = {}
+            for number, line in enumerate(_read_lines(index_path), start=1):
+                parts = line.split("\t")
+                if len(parts) != 2:
+                    raise DataError(index_path, "expected 'original_id<TAB>index'", number)
+                if parts[1].strip() in index:
+                    raise DataError(index_path, f"duplicate index {parts[1].strip()!r}", number)
+                index[parts[1].strip()] = parts[0].strip()
+            known_items = _all_items(full)
+            for idx, original in index.items():
+                if original in raw and idx in known_items:
+                    texts[idx] = raw[original][0]
+            unknown = [(n, k) for k, (_, n) in raw.items() if k not in set(index.values())]
+            if unknown:
+                raise DataError(text_path, f"item {unknown[0][1]!r} has text but is not in {index_path.name}", unknown[0][0])
+        else:
+            known_items = _all_items(full)
+            for key, (text, number) in raw.items():
+                if key not in known_items:
+                    raise DataError(text_path, f"item {key!r} has text but appears in no interaction", number)
+                texts[key] = text
+    return RawData(full, texts, str(prefix))

@@ -1,0 +1,64 @@
+"""The contract every model keeps: a training loss on a batch of item windows, and scores
+of a batch of histories against the whole catalogue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from darec.config import option
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("", "Registered model name (see `darec config show`).")
+
+
+class SequentialRecommender(nn.Module):
+    """Base class. Item ids are 1..n_items; 0 is padding. Batches are right-padded.
+
+    ``loss(window)`` takes training windows ``[B, max_len + 1]`` (a model predicting the
+    next item reads ``window[:, :-1]`` and predicts ``window[:, 1:]``).
+    ``score(items, lengths)`` returns ``[B, n_items + 1]`` scores for the item after each
+    history; column 0 (padding) is ignored by the evaluator.
+    """
+
+    def __init__(self, config: ModelConfig, n_items: int, max_len: int):
+        super().__init__()
+        self.config, self.n_items, self.max_len = config, n_items, max_len
+
+    def prepare(self, train_sequences: list) -> None:
+        """Called once before training a fresh model with the training sequences (e.g. counts)."""
+
+    def loss(self, window: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def last_state(hidden: Tensor, lengths: Tensor) -> Tensor:
+    """Hidden state at the last real position of each right-padded row: [B, L, H] -> [B, H]."""
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), lengths - 1]
+
+
+def next_item_loss(hidden: Tensor, targets: Tensor, items: Tensor, kind: Literal["ce", "bce"]) -> Tensor:
+    """Next-item loss at every non-padding target.
+
+    ``ce``: softmax cross-entropy over the whole catalogue (``items`` is the [n_items + 1, H]
+    output table; the padding row is excluded). ``bce``: the original SASRec loss, binary
+    cross-entropy of the target against one uniformly sampled negative.
+    """
+    keep = targets > 0
+    h, y = hidden[keep], targets[keep]
+    if kind == "ce":
+        logits = h @ items[1:].T
+        return F.cross_entropy(logits, y - 1)
+    negatives = torch.randint(1, items.size(0), y.shape, device=y.device)
+    pos = (h * items[y]).sum(-1)
+    neg = (h * items[negatives]).sum(-1)
+    return F.binary_cross_entropy_with_logits(torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]))

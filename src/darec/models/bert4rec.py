@@ -1,0 +1,66 @@
+"""BERT4Rec (Sun et al., 2019): a bidirectional encoder trained to fill masked items (cloze)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from darec.config import option
+from darec.models.base import ModelConfig, SequentialRecommender
+from darec.models.registry import register
+from darec.models.transformer import ItemEncoder
+
+
+@dataclass
+class BERT4RecConfig(ModelConfig):
+    name: str = option("bert4rec", "Model name.")
+    hidden_size: int = option(64, "Embedding and hidden size.")
+    n_layers: int = option(2, "Transformer blocks.")
+    n_heads: int = option(2, "Attention heads.")
+    inner_size: int = option(256, "Feed-forward inner size.")
+    dropout: float = option(0.2, "Dropout on embeddings and hidden states.")
+    attn_dropout: float = option(0.2, "Dropout on attention weights.")
+    mask_prob: float = option(0.2, "Share of items replaced by the mask token in training.")
+    last_mask_prob: float = option(0.1, "Chance a window is trained with only its last item masked, as at inference.")
+
+
+@register("bert4rec", BERT4RecConfig)
+class BERT4Rec(SequentialRecommender):
+    config: BERT4RecConfig
+
+    def __init__(self, config: BERT4RecConfig, n_items: int, max_len: int):
+        super().__init__(config, n_items, max_len)
+        c = config
+        self.mask_token = n_items + 1
+        # max_len history items + the mask token that asks for the next one.
+        self.encoder = ItemEncoder(n_items + 2, max_len + 1, c.hidden_size, c.n_layers, c.n_heads, c.inner_size, c.dropout, c.attn_dropout)
+        self.head = nn.Sequential(nn.Linear(c.hidden_size, c.hidden_size), nn.GELU(), nn.LayerNorm(c.hidden_size))
+        self.bias = nn.Parameter(torch.zeros(n_items + 1))
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden) @ self.encoder.item_embedding.weight[: self.n_items + 1].T + self.bias
+
+    def loss(self, window: Tensor) -> Tensor:
+        real = window > 0
+        masked = (torch.rand(window.shape, device=window.device) < self.config.mask_prob) & real
+        lengths = real.sum(1)
+        last_only = torch.rand(window.size(0), device=window.device) < self.config.last_mask_prob
+        last = torch.zeros_like(masked)
+        last[torch.arange(window.size(0), device=window.device), lengths - 1] = True
+        # Rows with nothing masked, and the "as at inference" rows, mask their last item only.
+        use_last = last_only | ~masked.any(1)
+        masked = torch.where(use_last[:, None], last, masked)
+        hidden = self.encoder(window.masked_fill(masked, self.mask_token), causal=False)
+        logits = self._logits(hidden[masked])
+        logits[:, 0] = float("-inf")
+        return F.cross_entropy(logits, window[masked])
+
+    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+        rows = torch.arange(items.size(0), device=items.device)
+        extended = torch.cat([items, torch.zeros_like(items[:, :1])], dim=1)
+        extended[rows, lengths] = self.mask_token
+        hidden = self.encoder(extended, causal=False)
+        return self._logits(hidden[rows, lengths])

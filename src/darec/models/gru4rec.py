@@ -1,0 +1,48 @@
+"""GRU4Rec (Hidasi et al., 2016), in the session-parallel-free form used by RecBole: a GRU over
+the item sequence, scored by dot product with the item embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+from darec.config import option
+from darec.models.base import ModelConfig, SequentialRecommender, last_state, next_item_loss
+from darec.models.registry import register
+
+
+@dataclass
+class GRU4RecConfig(ModelConfig):
+    name: str = option("gru4rec", "Model name.")
+    hidden_size: int = option(64, "Item embedding size (and output size).")
+    gru_size: int = option(128, "GRU hidden size.")
+    n_layers: int = option(1, "GRU layers.")
+    dropout: float = option(0.3, "Dropout on the item embeddings.")
+    loss: Literal["ce", "bce"] = option("ce", "ce: cross-entropy over all items; bce: one sampled negative.")
+
+
+@register("gru4rec", GRU4RecConfig)
+class GRU4Rec(SequentialRecommender):
+    config: GRU4RecConfig
+
+    def __init__(self, config: GRU4RecConfig, n_items: int, max_len: int):
+        super().__init__(config, n_items, max_len)
+        c = config
+        self.item_embedding = nn.Embedding(n_items + 1, c.hidden_size, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=0.02)
+        self.dropout = nn.Dropout(c.dropout)
+        self.gru = nn.GRU(c.hidden_size, c.gru_size, c.n_layers, batch_first=True)
+        self.out = nn.Linear(c.gru_size, c.hidden_size)
+
+    def _hidden(self, items: Tensor) -> Tensor:
+        # Right padding: the output at a real position depends only on the real items before it.
+        output, _ = self.gru(self.dropout(self.item_embedding(items)))
+        return self.out(output)
+
+    def loss(self, window: Tensor) -> Tensor:
+        return next_item_loss(self._hidden(window[:, :-1]), window[:, 1:], self.item_embedding.weight, self.config.loss)
+
+    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return last_state(self._hidden(items), lengths) @ self.item_embedding.weight.T

@@ -1,0 +1,34 @@
+"""Most-popular: every user gets the items ranked by training interaction count (a sanity floor)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from darec.config import option
+from darec.models.base import ModelConfig, SequentialRecommender
+from darec.models.registry import register
+
+
+@dataclass
+class PopConfig(ModelConfig):
+    name: str = option("pop", "Model name.")
+
+
+@register("pop", PopConfig)
+class Pop(SequentialRecommender):
+    def __init__(self, config: PopConfig, n_items: int, max_len: int):
+        super().__init__(config, n_items, max_len)
+        self.register_buffer("counts", torch.zeros(n_items + 1))
+
+    def prepare(self, train_sequences: list) -> None:
+        counts = np.zeros(self.n_items + 1)
+        for seq in train_sequences:
+            np.add.at(counts, seq, 1)
+        self.counts.copy_(torch.from_numpy(counts))
+
+    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return self.counts.expand(items.size(0), -1)

@@ -1,0 +1,99 @@
+"""The run configuration: ``data``, ``model`` and ``train`` sections, each a typed dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import yaml
+
+from darec.config import ConfigError, did_you_mean, from_dict, option, parse_override, to_dict
+from darec.models import ModelConfig, model_config_class
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("synthetic", "Named data set (ml-100k, scientific, beauty, sports, synthetic[-tiny|-small|-medium|-large|-xl]) or a path.")
+    data_root: str | None = option(None, "Folder holding named data sets (default: $DAREC_DATA, ../shared/data, ~/.cache/darec/data).")
+    k_core: int = option(0, "Iterative k-core filter on users and items (0 = off).")
+    max_len: int = option(50, "Longest history the model reads (most recent items).")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(200, "Maximum training epochs.")
+    batch_size: int = option(128, "Training windows per batch.")
+    lr: float = option(1e-3, "AdamW learning rate.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    grad_clip: float = option(5.0, "Gradient norm clip (0 = off).")
+    eval_every: int = option(1, "Validate every N epochs.")
+    patience: int = option(10, "Stop after this many validations without a better valid NDCG@10 (0 = never).")
+    seed: int = option(42, "Seed for weights, shuffling, sampling and synthetic data.")
+    deterministic: bool = option(False, "Use deterministic algorithms only (slower on GPU).")
+    device: str = option("auto", "cpu, cuda, cuda:N, mps or auto.")
+    threads: int = option(0, "CPU threads for torch (0 = torch's default).")
+    eval_batch_size: int = option(512, "Users per evaluation batch.")
+    exclude_history: bool = option(False, "Remove the user's earlier items from the ranking (RecBole keeps them).")
+    sampled_negatives: int = option(100, "Negatives per user for the sampled protocol.")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": to_dict(self.data), "model": to_dict(self.model), "train": to_dict(self.train)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = ("data", "model", "train")
+
+
+def build_config(values: dict[str, Any] | None = None, overrides: list[str] = (), model: str | None = None,
+                 source: str = "config") -> RunConfig:
+    """A run config from a mapping (e.g. a YAML file), then ``key=value`` overrides.
+
+    Override keys are ``section.key`` or a bare ``key`` found in exactly one section.
+    """
+    values = {k: dict(v or {}) for k, v in (values or {}).items()}
+    for key in values:
+        if key not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{key}'.{did_you_mean(key, SECTIONS)} Sections: {', '.join(SECTIONS)}")
+    for section in SECTIONS:
+        values.setdefault(section, {})
+    if model:
+        values["model"]["name"] = model
+    parsed = [parse_override(o) for o in overrides]
+    # The model name decides which keys the model section has, so apply it first.
+    for key, value in parsed:
+        if key in ("model", "model.name", "name"):
+            values["model"]["name"] = value
+    model_name = values["model"].setdefault("name", "sasrec")
+    classes = {"data": DataConfig, "model": model_config_class(str(model_name)), "train": TrainConfig}
+    keys = {s: {f.name for f in fields(c)} for s, c in classes.items()}
+    for key, value in parsed:
+        if key in ("model", "model.name", "name"):
+            continue
+        section, _, name = key.rpartition(".")
+        if section:
+            if section not in SECTIONS:
+                raise ConfigError(f"--set {key}: unknown section '{section}'.{did_you_mean(section, SECTIONS)}")
+        else:
+            owners = [s for s in SECTIONS if name in keys[s]]
+            if not owners:
+                every = set().union(*keys.values())
+                raise ConfigError(f"--set {key}: unknown key.{did_you_mean(name, every)} See `darec config show {model_name}`.")
+            if len(owners) > 1:
+                raise ConfigError(f"--set {key}: ambiguous, write one of {', '.join(f'{o}.{name}' for o in owners)}")
+            section = owners[0]
+        values[section][name] = value
+    return RunConfig(
+        data=from_dict(DataConfig, values["data"], f"{source}: data"),
+        model=from_dict(classes["model"], values["model"], f"{source}: model"),
+        train=from_dict(TrainConfig, values["train"], f"{source}: train"),
+    )
+

@@ -1,0 +1,85 @@
+"""Batched evaluation: full ranking over the catalogue, or the target against sampled negatives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from darec.data.batching import pad_right, trim
+from darec.models import SequentialRecommender
+from darec.train.metrics import KS, rank_metrics, target_ranks
+
+Protocol = Literal["full", "sampled"]
+
+
+def sample_negatives(histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int, n: int, seed: int) -> np.ndarray:
+    """``n`` distinct items per user, uniformly from those the user never interacted with."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(targets), n), dtype=np.int64)
+    for row, (history, target) in enumerate(zip(histories, targets)):
+        seen = set(history.tolist()) | {int(target)}
+        if n_items - len(seen) < n:
+            raise ValueError(f"cannot sample {n} negatives: only {n_items - len(seen)} unseen items for user {row}")
+        picked: list[int] = []
+        while len(picked) < n:
+            draw = rng.integers(1, n_items + 1, size=2 * n)
+            for item in dict.fromkeys(draw.tolist()):
+                if item not in seen and len(picked) < n:
+                    picked.append(item)
+                    seen.add(item)
+        out[row] = picked
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    protocol: Protocol = "full",
+    exclude_history: bool = False,
+    negatives: np.ndarray | None = None,
+    batch_size: int = 512,
+    ks: tuple[int, ...] = KS,
+    per_user: bool = False,
+) -> dict[str, float] | dict[str, np.ndarray]:
+    """Mean HR/NDCG/MRR@K over users (or per-user values with ``per_user``).
+
+    ``full``: the target is ranked against every item; ``exclude_history`` removes the
+    user's earlier items from the candidates. ``sampled``: the target is ranked against
+    ``negatives`` (one row per user, e.g. from :func:`sample_negatives`).
+    """
+    if protocol == "sampled" and negatives is None:
+        raise ValueError("the sampled protocol needs negatives")
+    was_training = model.training
+    model.eval()
+    device = next(iter(model.state_dict().values())).device
+    items, lengths = pad_right(histories, model.max_len)
+    # Users in order of history length, so each batch is cut to its own longest history.
+    order = np.argsort(lengths, kind="stable")
+    values: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(targets), batch_size):
+        rows = order[start : start + batch_size]
+        batch_items = trim(torch.from_numpy(items[rows])).to(device)
+        batch_targets = torch.from_numpy(targets[rows]).to(device)
+        scores = model.score(batch_items, torch.from_numpy(lengths[rows]).to(device)).float().contiguous()
+        if protocol == "full":
+            scores[:, 0] = float("-inf")
+            if exclude_history:
+                for offset, row in enumerate(rows):
+                    scores[offset, torch.from_numpy(histories[row]).to(device)] = float("-inf")
+            ranks = target_ranks(scores, batch_targets)
+        else:
+            candidates = torch.cat([batch_targets[:, None], torch.from_numpy(negatives[rows]).to(device)], dim=1)
+            ranks = target_ranks(scores.gather(1, candidates), torch.zeros_like(batch_targets))
+        for name, value in rank_metrics(ranks, ks).items():
+            values.setdefault(name, []).append(value.cpu())
+    model.train(was_training)
+    inverse = np.argsort(order, kind="stable")
+    joined = {name: torch.cat(parts).numpy()[inverse] for name, parts in values.items()}
+    if per_user:
+        return joined
+    return {name: float(v.mean()) for name, v in joined.items()}

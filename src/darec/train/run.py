@@ -1,0 +1,71 @@
+"""A run directory: everything needed to resume, evaluate and serve a trained model.
+
+::
+
+    RUN_DIR/
+      config.yaml          resolved configuration
+      id_map.json          internal ids -> original user / item ids, item text
+      model.safetensors    best weights (by validation NDCG@10)
+      checkpoint-<E>/      last epoch: model, optimizer and RNG tensors (safetensors)
+      trainer_state.json   epoch, early-stopping state, metric history; names the checkpoint
+      metrics.jsonl        one line per epoch
+      results.json         final rows (valid and test, full and sampled protocols)
+
+Every file is written atomically; ``trainer_state.json`` is written last and is the
+commit point of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from darec.config import ConfigError, load_yaml
+from darec.models import SequentialRecommender, build_model
+from darec.train.checkpoint import load_tensors
+from darec.train.config import RunConfig, build_config
+
+CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
+    "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
+)
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    model: SequentialRecommender
+    id_map: dict[str, list[str]]
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})")
+    return build_config(load_yaml(path), source=str(path))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
+    """The best model of a finished (or interrupted) run, ready to score."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    weights = run_dir / BEST
+    if not weights.exists():
+        raise FileNotFoundError(f"{run_dir}: no {BEST} yet (the run has not finished a validation)")
+    id_map = json.loads((run_dir / ID_MAP).read_text())
+    model = build_model(config.model, len(id_map["items"]) - 1, config.data.max_len)
+    target = resolve_device(device if device != "auto" else config.train.device)
+    model.load_state_dict(load_tensors(weights))
+    return LoadedRun(config, model.to(target).eval(), id_map)

@@ -1,0 +1,230 @@
+"""The training loop: AdamW, validation every N epochs, early stopping on valid NDCG@10,
+a checkpoint after every epoch, and exact resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from darec.data import SequenceDataset, load_dataset
+from darec.data.batching import bucketed_batches, training_windows, trim
+from darec.models import SequentialRecommender, build_model
+from darec.train.checkpoint import (
+    atomic_write_json, atomic_write_text, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors,
+)
+from darec.train.config import RunConfig
+from darec.train.evaluate import evaluate, sample_negatives
+from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, read_config, resolve_device
+
+SELECT = "ndcg@10"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
+                console: Console | None = None) -> list[dict[str, Any]]:
+    """Validation and test metrics of ``model`` under the full and the sampled protocol, as flat rows.
+
+    The sampled protocol is left out, with a message, when the catalogue is too small to
+    draw the negatives from items a user has not seen.
+    """
+    t = config.train
+    rows = []
+    for split in ("valid", "test"):
+        histories, targets = dataset.split(split)
+        protocols = [("full", "full")]
+        try:
+            negatives = sample_negatives(histories, targets, dataset.n_items, t.sampled_negatives, t.seed)
+            protocols.append(("sampled", f"sampled{t.sampled_negatives}"))
+        except ValueError as exc:
+            negatives = None
+            if console is not None:
+                console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
+        for protocol, label in protocols:
+            metrics = evaluate(model, histories, targets, protocol, t.exclude_history, negatives, t.eval_batch_size)
+            rows.append({
+                "dataset": dataset.name, "model": config.model.name, "variant": variant, "protocol": label, "split": split,
+                "exclude_history": t.exclude_history if protocol == "full" else True, **metrics,
+            })
+    return rows
+
+
+class Trainer:
+    """Trains ``config`` into ``run_dir``; ``resume=True`` continues from the last checkpoint there."""
+
+    def __init__(self, config: RunConfig | None, run_dir: str | Path, resume: bool = False,
+                 dataset: SequenceDataset | None = None, console: Console | None = None, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.console = console or Console(stderr=True, log_path=False)
+        self.show_progress = progress
+        if resume:
+            if not (self.run_dir / STATE).exists():
+                raise FileNotFoundError(f"{self.run_dir}: nothing to resume (no {STATE})")
+            config = read_config(self.run_dir)
+        elif config is None:
+            raise ValueError("a config is needed for a new run")
+        elif (self.run_dir / STATE).exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run: resume it with --resume or pick another directory")
+        self.config: RunConfig = config
+        t = config.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed, t.deterministic)
+        self.device = resolve_device(t.device)
+        self.dataset = dataset or load_dataset(config.data.dataset, config.data.data_root, config.data.k_core, t.seed)
+        self.model = build_model(config.model, self.dataset.n_items, config.data.max_len)
+        self.model.prepare(self.dataset.train_sequences())
+        self.model.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.windows = torch.from_numpy(training_windows(self.dataset.train_sequences(), config.data.max_len))
+        self.window_lengths = (self.windows > 0).sum(1)
+        self.valid = self.dataset.split("valid")
+        self.state: dict[str, Any] = {"epoch": 0, "best": float("-inf"), "best_epoch": 0, "bad_evals": 0,
+                                      "history": [], "finished": False, "checkpoint": None}
+        if resume:
+            self._restore()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
+            self.dataset.save_id_map(self.run_dir / ID_MAP)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        epoch = self.state["epoch"]
+        folder = self.run_dir / f"checkpoint-{epoch}"
+        save_tensors(folder / "model.safetensors", model_state(self.model))
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        save_tensors(folder / "rng.safetensors", rng)
+        if self.optimizer is not None:
+            tensors, meta = optimizer_state(self.optimizer)
+            save_tensors(folder / "optimizer.safetensors", tensors)
+            atomic_write_json(folder / "optimizer.json", meta)
+        previous = self.state["checkpoint"]
+        self.state["checkpoint"] = folder.name
+        atomic_write_json(self.run_dir / STATE, self.state)  # the commit point
+        if previous and previous != folder.name:
+            shutil.rmtree(self.run_dir / previous, ignore_errors=True)
+
+    def _restore(self) -> None:
+        self.state = json.loads((self.run_dir / STATE).read_text())
+        saved = json.loads((self.run_dir / ID_MAP).read_text())
+        if saved["items"] != self.dataset.item_ids or saved["users"] != self.dataset.user_ids:
+            raise ValueError(f"{self.run_dir}: the data set no longer matches the one this run was trained on")
+        if self.state["checkpoint"] is None:
+            return
+        folder = self.run_dir / self.state["checkpoint"]
+        self.model.load_state_dict(load_tensors(folder / "model.safetensors", self.device))
+        rng = load_tensors(folder / "rng.safetensors")
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["shuffle"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.optimizer is not None:
+            meta = json.loads((folder / "optimizer.json").read_text())
+            load_optimizer_state(self.optimizer, load_tensors(folder / "optimizer.safetensors", self.device), meta)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _train_epoch(self, progress: Progress | None, task: Any) -> float:
+        self.model.train()
+        t = self.config.train
+        total, batches = 0.0, 0
+        for index in bucketed_batches(self.window_lengths, t.batch_size, self.generator):
+            loss = self.model.loss(trim(self.windows[index]).to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            total += loss.item()
+            batches += 1
+            if progress is not None:
+                progress.update(task, advance=1, loss=f"{total / batches:.4f}")
+        return total / max(1, batches)
+
+    def _validate(self) -> dict[str, float]:
+        histories, targets = self.valid
+        t = self.config.train
+        return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size)
+
+    def fit(self, on_epoch_end: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Train to the epoch budget or early stop, then evaluate the best weights. Returns result rows."""
+        t = self.config.train
+        if self.optimizer is None and self.state["epoch"] == 0:
+            # Nothing to train (e.g. most-popular): the prepared model is the final one.
+            save_tensors(self.run_dir / BEST, model_state(self.model))
+            self.state.update(finished=True)
+        steps = (len(self.windows) + t.batch_size - 1) // t.batch_size
+        progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  valid ndcg@10 {task.fields[valid]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+            disable=not self.show_progress,
+        )
+        last_valid = next((f"{h['valid'][SELECT]:.4f}" for h in reversed(self.state["history"]) if "valid" in h), "-")
+        with progress:
+            task = progress.add_task("train", total=steps, epoch=self.state["epoch"] + 1, loss="-", valid=last_valid)
+            while not self.state["finished"] and self.state["epoch"] < t.epochs:
+                epoch = self.state["epoch"] + 1
+                progress.reset(task, total=steps, epoch=f"{epoch}/{t.epochs}", loss="-", valid=last_valid)
+                start = time.perf_counter()
+                loss = self._train_epoch(progress, task)
+                row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start}
+                if epoch % t.eval_every == 0 or epoch == t.epochs:
+                    start = time.perf_counter()
+                    row["valid"] = self._validate()
+                    row["eval_seconds"] = time.perf_counter() - start
+                    score = row["valid"][SELECT]
+                    last_valid = f"{score:.4f}"
+                    if score > self.state["best"]:
+                        self.state.update(best=score, best_epoch=epoch, bad_evals=0)
+                        save_tensors(self.run_dir / BEST, model_state(self.model))
+                    else:
+                        self.state["bad_evals"] += 1
+                    self.console.log(f"epoch {epoch}: loss {loss:.4f}  valid ndcg@10 {score:.4f}  hit@10 {row['valid']['hit@10']:.4f}"
+                                     f"{'  (best)' if self.state['best_epoch'] == epoch else ''}")
+                self.state["epoch"] = epoch
+                self.state["history"].append(row)
+                if t.patience and self.state["bad_evals"] >= t.patience:
+                    self.console.log(f"early stop: no better valid {SELECT} for {t.patience} validations")
+                    self.state["finished"] = True
+                atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
+                self._save_checkpoint()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+        self.state["finished"] = True
+        atomic_write_json(self.run_dir / STATE, self.state)
+        self.model.load_state_dict(load_tensors(self.run_dir / BEST, self.device))
+        rows = result_rows(self.config, self.dataset, self.model, console=self.console)
+        for row in rows:
+            row["best_epoch"] = self.state["best_epoch"]
+        atomic_write_json(self.run_dir / RESULTS, rows)
+        return rows
+
+
+def seconds_per_epoch(run_dir: str | Path) -> float:
+    history = [json.loads(line) for line in (Path(run_dir) / METRICS).read_text().splitlines() if line]
+    return float(np.mean([h["train_seconds"] for h in history])) if history else float("nan")

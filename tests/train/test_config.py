@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from darec.config import ConfigError
+from darec.train.config import build_config
+
+
+def test_overrides_bare_and_qualified() -> None:
+    c = build_config(overrides=["lr=3e-4", "model.hidden_size=32", "dataset=beauty", "loss=bce"])
+    assert c.train.lr == 3e-4 and c.model.hidden_size == 32 and c.data.dataset == "beauty" and c.model.loss == "bce"
+
+
+def test_unknown_keys_are_rejected_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'hidden_size'"):
+        build_config(overrides=["hiden_size=3"])
+    with pytest.raises(ConfigError, match="unknown key 'epoch'.*Did you mean 'epochs'"):
+        build_config({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="unknown section 'trian'.*Did you mean 'train'"):
+        build_config({"trian": {}})
+    with pytest.raises(ConfigError, match="unknown model 'sasrek'.*Did you mean 'sasrec'"):
+        build_config(model="sasrek")
+
+
+def test_types_are_checked() -> None:
+    with pytest.raises(ConfigError, match="expected an integer"):
+        build_config(overrides=["epochs=ten"])
+    with pytest.raises(ConfigError, match="not one of 'ce', 'bce'"):
+        build_config(overrides=["loss=mse"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        build_config(overrides=["deterministic=maybe"])
+
+
+def test_model_section_follows_model_name_and_roundtrips(tmp_path: Path) -> None:
+    c = build_config(overrides=["model=bert4rec", "mask_prob=0.3"])
+    assert c.model.name == "bert4rec" and c.model.mask_prob == 0.3
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_config(overrides=["model=gru4rec", "mask_prob=0.3"])
+    import yaml
+
+    assert build_config(yaml.safe_load(c.to_yaml())) == c

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from darec.train import Trainer, build_config
+from darec.train.run import load_run
+
+FAST = ["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "batch_size=16", "patience=0"]
+
+
+class Stop(Exception):
+    pass
+
+
+def _history(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
+
+
+@pytest.mark.parametrize("model", ["sasrec", "bert4rec", "gru4rec"])
+def test_resume_matches_uninterrupted_run(tmp_path: Path, model: str) -> None:
+    overrides = [f"model={model}", "epochs=4", *[o for o in FAST if model != "gru4rec" or "inner" not in o]]
+    whole = Trainer(build_config(overrides=overrides), tmp_path / "whole", progress=False).fit()
+
+    def interrupt(epoch: int) -> None:
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(build_config(overrides=overrides), tmp_path / "cut", progress=False).fit(on_epoch_end=interrupt)
+    assert json.loads((tmp_path / "cut" / "trainer_state.json").read_text())["epoch"] == 2
+    assert not (tmp_path / "cut" / "results.json").exists()
+    resumed = Trainer(None, tmp_path / "cut", resume=True, progress=False).fit()
+    assert resumed == whole
+    assert _history(tmp_path / "cut") == _history(tmp_path / "whole")
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in (tmp_path / "cut").glob("checkpoint-*")] == ["checkpoint-4"]
+
+
+def test_run_directory_contents_and_reload(tmp_path: Path) -> None:
+    rows = Trainer(build_config(overrides=[*FAST, "epochs=3", "eval_every=2"]), tmp_path / "r", progress=False).fit()
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json"} <= files
+    assert not [f for f in files if f.endswith(".tmp")]
+    history = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert ["valid" in h for h in history] == [False, True, True]  # every 2 epochs, and the last
+    assert {(r["split"], r["protocol"]) for r in rows} == {("valid", "full"), ("test", "full")}  # 40 items: no 100 negatives
+    loaded = load_run(tmp_path / "r")
+    assert loaded.id_map["items"][0] == "[PAD]" and loaded.model.n_items == len(loaded.id_map["items"]) - 1
+    with pytest.raises(FileExistsError):
+        Trainer(build_config(overrides=FAST), tmp_path / "r", progress=False)
+
+
+def test_early_stopping_keeps_best_weights(tmp_path: Path) -> None:
+    # A learning rate this high diverges after the first epochs; early stopping ends the run.
+    Trainer(build_config(overrides=[*FAST, "epochs=40", "patience=2", "lr=0.3", "grad_clip=0"]), tmp_path / "r", progress=False).fit()
+    state = json.loads((tmp_path / "r" / "trainer_state.json").read_text())
+    assert state["finished"] and state["epoch"] < 40 and state["bad_evals"] == 2
+    assert state["epoch"] == state["best_epoch"] + 2
+
+
+def test_most_popular_needs_no_training(tmp_path: Path) -> None:
+    rows = Trainer(build_config(overrides=["model=pop", "dataset=synthetic-tiny"]), tmp_path / "p", progress=False).fit()
+    assert rows[0]["ndcg@10"] > 0
+    assert load_run(tmp_path / "p").model.counts.sum() > 0
