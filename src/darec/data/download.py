@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -220,8 +221,10 @@ def fetch(url: str, dest: Path, checksum: str, console: Console | None = None, t
                     for block in iter(lambda: response.read(1 << 16), b""):
                         out.write(block)
                         progress.advance(task, len(block))
-                except OSError as exc:
-                    raise DownloadError(f"{url}: connection lost ({exc}); run again to resume from {part}") from exc
+                except (OSError, http.client.HTTPException) as exc:
+                    raise DownloadError(f"{url}: connection lost ({exc!r}); run again to resume from {part}") from exc
+            if total and part.stat().st_size < total:
+                raise DownloadError(f"{url}: incomplete ({part.stat().st_size} of {total} bytes); run again to resume from {part}")
     actual = file_checksum(part, algorithm)
     if actual != expected:
         part.unlink()

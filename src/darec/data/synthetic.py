@@ -97,10 +97,12 @@ def generate(spec: SyntheticSpec) -> RawData:
         seqs[:, t] = current
 
     sequences = {f"u{i}": [f"i{j}" for j in seqs[i, : lengths[i]]] for i in range(u)}
+    adjectives = rng.integers(len(ADJECTIVES), size=n)
+    used = np.unique(np.concatenate([seqs[i, : lengths[i]] for i in range(u)]))
     titles = {
-        f"i{j}": f"{ADJECTIVES[rng.integers(len(ADJECTIVES))]} {THEMES[cluster[j] % len(THEMES)]}"
+        f"i{j}": f"{ADJECTIVES[adjectives[j]]} {THEMES[cluster[j] % len(THEMES)]}"
         f"{'' if cluster[j] < len(THEMES) else ' ' + str(cluster[j] // len(THEMES) + 1)} No. {j}"
-        for j in range(n)
+        for j in used.tolist()
     }
     return RawData(sequences, titles, f"synthetic(seed={spec.seed}, users={u}, items={n})")
 
