@@ -61,3 +61,10 @@ def test_config_show_and_data_commands(tmp_path: Path) -> None:
     assert (out / "synth.inter").exists() and (out / "synth.item").exists()
     result = runner.invoke(app, ["data", "stats", str(out)])
     assert result.exit_code == 0 and "users" in result.output and "60" in result.output
+
+
+def test_quickstart_trains_on_ml100k_when_present(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DAREC_DATA", str(shared_data))
+    result = runner.invoke(app, ["quickstart", "--epochs", "1", "--run-dir", str(tmp_path / "q")])
+    assert result.exit_code == 0, result.output
+    assert "sasrec on ml-100k" in result.output and (tmp_path / "q" / "results.json").exists()

@@ -44,22 +44,30 @@ def _default_run_dir(dataset: str, model: str) -> Path:
 
 
 def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[str], overrides: list[str],
-           run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> tuple[Path, list[dict]]:
+           run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> None:
+    """Train (or resume), then print the metrics table and where the run is."""
     from darec.train import Trainer, build_config
 
-    if resume is not None:
-        trainer = Trainer(None, resume, resume=True, console=err, progress=progress)
-        return resume, trainer.fit()
-    values = load_yaml(config_path) if config_path else {}
-    if dataset:
-        overrides = [f"data.dataset={dataset}", *overrides]
-    config = build_config(values, overrides, model=model, source=str(config_path or "--set"))
-    run_dir = run_dir or _default_run_dir(config.data.dataset, config.model.name)
-    err.log(f"run directory: {run_dir}")
-    trainer = Trainer(config, run_dir, console=err, progress=progress)
-    stats = trainer.dataset.stats()
-    err.log(f"{stats['dataset']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions")
-    return run_dir, trainer.fit()
+    try:
+        if resume is not None:
+            run_dir = resume
+            trainer = Trainer(None, resume, resume=True, console=err, progress=progress)
+        else:
+            values = load_yaml(config_path) if config_path else {}
+            if dataset:
+                overrides = [f"data.dataset={dataset}", *overrides]
+            config = build_config(values, overrides, model=model, source=str(config_path or "--set"))
+            run_dir = run_dir or _default_run_dir(config.data.dataset, config.model.name)
+            err.log(f"run directory: {run_dir}")
+            trainer = Trainer(config, run_dir, console=err, progress=progress)
+        stats = trainer.dataset.stats()
+        err.log(f"{stats['dataset']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions")
+        rows = trainer.fit()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    exclude = "history excluded" if trainer.config.train.exclude_history else "history not excluded"
+    console.print(_metrics_table(rows, f"{trainer.config.model.name} on {stats['dataset']} (leave-one-out, {exclude})"))
+    console.print(f"run directory: [bold]{run_dir}[/]  (try `darec recommend {run_dir} --history ID,ID,...`)")
 
 
 @app.command()
@@ -73,12 +81,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model; evaluates the best checkpoint on the test split at the end."""
-    try:
-        where, rows = _train(config, model, dataset, set_ or [], run_dir, resume, progress)
-    except USER_ERRORS as exc:
-        _fail(exc)
-    console.print(_metrics_table(rows, f"{rows[0]['model']} on {rows[0]['dataset']}"))
-    console.print(f"run directory: [bold]{where}[/]")
+    _train(config, model, dataset, set_ or [], run_dir, resume, progress)
 
 
 @app.command()
@@ -87,20 +90,12 @@ def quickstart(
     run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written.")] = None,
 ) -> None:
     """Train and evaluate SASRec on ml-100k when the data is there, else on synthetic data."""
-    from darec.data import DataError, read_raw
+    from darec.data import data_roots
 
-    try:
-        read_raw("ml-100k")
-        dataset = "ml-100k"
-    except DataError:
-        dataset = "synthetic"
+    dataset = "ml-100k" if any((root / "ml-100k").is_dir() for root in data_roots()) else "synthetic"
+    if dataset == "synthetic":
         err.log("ml-100k not found (see `darec data download ml-100k`); using the built-in synthetic data set")
-    try:
-        where, rows = _train(None, "sasrec", dataset, [f"epochs={epochs}", "patience=5"], run_dir, None, True)
-    except USER_ERRORS as exc:
-        _fail(exc)
-    console.print(_metrics_table(rows, f"SASRec on {dataset} (leave-one-out, history not excluded)"))
-    console.print(f"run directory: [bold]{where}[/]  (try `darec recommend {where} --history ...`)")
+    _train(None, "sasrec", dataset, [f"epochs={epochs}", "patience=5"], run_dir, None, True)
 
 
 @app.command()

@@ -9,18 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darec.config import option
-from darec.models.base import ModelConfig, SequentialRecommender
+from darec.models.base import SequentialRecommender
 from darec.models.registry import register
-from darec.models.transformer import ItemEncoder
+from darec.models.transformer import ItemEncoder, TransformerConfig
 
 
 @dataclass
-class BERT4RecConfig(ModelConfig):
+class BERT4RecConfig(TransformerConfig):
     name: str = option("bert4rec", "Model name.")
-    hidden_size: int = option(64, "Embedding and hidden size.")
-    n_layers: int = option(2, "Transformer blocks.")
-    n_heads: int = option(2, "Attention heads.")
-    inner_size: int = option(256, "Feed-forward inner size.")
     dropout: float = option(0.2, "Dropout on embeddings and hidden states.")
     attn_dropout: float = option(0.2, "Dropout on attention weights.")
     mask_prob: float = option(0.2, "Share of items replaced by the mask token in training.")
@@ -33,11 +29,11 @@ class BERT4Rec(SequentialRecommender):
 
     def __init__(self, config: BERT4RecConfig, n_items: int, max_len: int):
         super().__init__(config, n_items, max_len)
-        c = config
+        h = config.hidden_size
         self.mask_token = n_items + 1
         # max_len history items + the mask token that asks for the next one.
-        self.encoder = ItemEncoder(n_items + 2, max_len + 1, c.hidden_size, c.n_layers, c.n_heads, c.inner_size, c.dropout, c.attn_dropout)
-        self.head = nn.Sequential(nn.Linear(c.hidden_size, c.hidden_size), nn.GELU(), nn.LayerNorm(c.hidden_size))
+        self.encoder = ItemEncoder(n_items + 2, max_len + 1, config)
+        self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h))
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
     def _logits(self, hidden: Tensor) -> Tensor:

@@ -8,20 +8,14 @@ from typing import Literal
 from torch import Tensor
 
 from darec.config import option
-from darec.models.base import ModelConfig, SequentialRecommender, last_state, next_item_loss
+from darec.models.base import SequentialRecommender, last_state, next_item_loss
 from darec.models.registry import register
-from darec.models.transformer import ItemEncoder
+from darec.models.transformer import ItemEncoder, TransformerConfig
 
 
 @dataclass
-class SASRecConfig(ModelConfig):
+class SASRecConfig(TransformerConfig):
     name: str = option("sasrec", "Model name.")
-    hidden_size: int = option(64, "Embedding and hidden size.")
-    n_layers: int = option(2, "Transformer blocks.")
-    n_heads: int = option(2, "Attention heads.")
-    inner_size: int = option(256, "Feed-forward inner size.")
-    dropout: float = option(0.5, "Dropout on embeddings and hidden states.")
-    attn_dropout: float = option(0.5, "Dropout on attention weights.")
     loss: Literal["ce", "bce"] = option("ce", "ce: cross-entropy over all items; bce: original loss, one sampled negative.")
 
 
@@ -31,8 +25,7 @@ class SASRec(SequentialRecommender):
 
     def __init__(self, config: SASRecConfig, n_items: int, max_len: int):
         super().__init__(config, n_items, max_len)
-        c = config
-        self.encoder = ItemEncoder(n_items + 1, max_len, c.hidden_size, c.n_layers, c.n_heads, c.inner_size, c.dropout, c.attn_dropout)
+        self.encoder = ItemEncoder(n_items + 1, max_len, config)
 
     def loss(self, window: Tensor) -> Tensor:
         hidden = self.encoder(window[:, :-1], causal=True)

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from darec.config import option
+from darec.models.base import ModelConfig
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    hidden_size: int = option(64, "Embedding and hidden size.")
+    n_layers: int = option(2, "Transformer blocks.")
+    n_heads: int = option(2, "Attention heads.")
+    inner_size: int = option(256, "Feed-forward inner size.")
+    dropout: float = option(0.5, "Dropout on embeddings and hidden states.")
+    attn_dropout: float = option(0.5, "Dropout on attention weights.")
+
 
 class ItemEncoder(nn.Module):
-    def __init__(self, n_tokens: int, max_positions: int, hidden: int, layers: int, heads: int, inner: int, dropout: float, attn_dropout: float):
+    def __init__(self, n_tokens: int, max_positions: int, c: TransformerConfig):
         super().__init__()
+        hidden, dropout = c.hidden_size, c.dropout
         self.item_embedding = nn.Embedding(n_tokens, hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(max_positions, hidden)
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(
-            hidden, heads, inner, dropout, activation="gelu", batch_first=True, norm_first=True
+            hidden, c.n_heads, c.inner_size, dropout, activation="gelu", batch_first=True, norm_first=True
         )
-        block.self_attn.dropout = attn_dropout  # attention dropout separate from the hidden one
-        self.blocks = nn.TransformerEncoder(block, layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False)
+        block.self_attn.dropout = c.attn_dropout  # attention dropout separate from the hidden one
+        self.blocks = nn.TransformerEncoder(block, c.n_layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False)
         self.apply(self._init)
 
     @staticmethod
