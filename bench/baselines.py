@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epoch budget of the side-by-side part (both libraries)")
     parser.add_argument("--max-epochs", type=int, default=200, help="cap for the converged part")
     parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "bert4rec", "pop"], help="converged part")
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience of the converged part")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both libraries")
     parser.add_argument("--recbole-python", default="/tmp/rbvenv/bin/python")
     parser.add_argument("--setup-recbole", action="store_true", help="create the RecBole venv at /tmp/rbvenv if missing")
@@ -180,7 +181,7 @@ def main() -> None:
             print(f"{dataset}: recbole done", flush=True)
         if args.part in ("converged", "all"):
             for model in args.models:
-                overrides = [f"epochs={args.max_epochs}", "patience=10"]
+                overrides = [f"epochs={args.max_epochs}", f"patience={args.patience}"]
                 if model == "sasrec":
                     overrides += [*shape, "loss=ce"]
                 save_rows(run_ours(dataset, model, "darec-converged", overrides, args.workdir, command, args.threads))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from darec.data import load_dataset
-from darec.data.batching import pad_right, training_windows
+from darec.data.batching import Batch, pad_right, training_windows
 from darec.models import MODELS, build_model
 from darec.train.config import build_config
 from darec.train.evaluate import evaluate
@@ -41,7 +41,8 @@ def test_models_learn_the_synthetic_structure(name: str, loss: str | None) -> No
     data = load_dataset("synthetic-tiny")
     extra = {"loss": loss} if loss else {}  # BERT4Rec has one loss, the cloze cross-entropy
     model = _model(name, data.n_items, 20, hidden_size=32, dropout=0.1, **extra)
-    windows = torch.from_numpy(training_windows(data.train_sequences(), 20))
+    items, skip = training_windows(data.train_sequences(), 20, context=5)
+    windows = Batch(torch.from_numpy(items), torch.from_numpy(skip))
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     first = model.loss(windows).item()
     for _ in range(150):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,23 +20,48 @@ def pad_right(sequences: Sequence[np.ndarray], width: int) -> tuple[np.ndarray, 
     return out, lengths
 
 
-def training_windows(sequences: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+@dataclass
+class Batch:
+    """Training windows ``[B, max_len + 1]`` (right-padded), and per window how many of its
+    leading next-item targets to skip: an overlapping earlier window predicts those with
+    more context."""
+
+    items: torch.Tensor
+    skip: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.items.to(device), self.skip.to(device))
+
+    def next_item_targets(self) -> torch.Tensor:
+        """Targets ``[B, max_len]`` for inputs ``items[:, :-1]``; 0 where there is none."""
+        targets = self.items[:, 1:]
+        positions = torch.arange(targets.size(1), device=targets.device)
+        return targets.masked_fill(positions[None, :] < self.skip[:, None], 0)
+
+
+def training_windows(sequences: Sequence[np.ndarray], max_len: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cut every training sequence into windows of ``max_len + 1`` items, from the end.
 
-    Consecutive windows overlap by one item, so each next-item transition of a sequence
-    falls in exactly one window (as input ``w[:-1]`` -> target ``w[1:]``) and one epoch
-    sees every training interaction once, whatever the sequence length.
+    Consecutive windows of one sequence overlap by ``context + 1`` items, and a window
+    skips the ``context`` targets the window before it already predicts, so each
+    next-item transition is a target exactly once per epoch and, in long sequences, sees
+    at least ``context`` earlier items. Returns (items ``[N, max_len + 1]``, skip ``[N]``).
     """
+    if not 0 <= context < max_len:
+        raise ValueError(f"context must be in [0, max_len), got {context}")
     width = max_len + 1
-    windows = []
+    windows, skips = [], []
     for seq in sequences:
         end = len(seq)
         while end >= 2:
             start = max(0, end - width)
             windows.append(seq[start:end])
-            end = start + 1
+            skips.append(context if start > 0 else 0)
+            end = start + 1 + context
+            if start == 0:
+                break
     items, _ = pad_right(windows, width)
-    return items
+    return items, np.array(skips, dtype=np.int64)
 
 
 def bucketed_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 32) -> Iterator[torch.Tensor]:

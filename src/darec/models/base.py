@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darec.config import option
+from darec.data.batching import Batch
 
 
 @dataclass
@@ -21,8 +22,9 @@ class ModelConfig:
 class SequentialRecommender(nn.Module):
     """Base class. Item ids are 1..n_items; 0 is padding. Batches are right-padded.
 
-    ``loss(window)`` takes training windows ``[B, max_len + 1]`` (a model predicting the
-    next item reads ``window[:, :-1]`` and predicts ``window[:, 1:]``).
+    ``loss(batch)`` takes a :class:`~darec.data.batching.Batch` of training windows
+    ``[B, max_len + 1]`` (a model predicting the next item reads ``items[:, :-1]`` and
+    predicts ``batch.next_item_targets()``).
     ``score(items, lengths)`` returns ``[B, n_items + 1]`` scores for the item after each
     history; column 0 (padding) is ignored by the evaluator.
     """
@@ -34,7 +36,7 @@ class SequentialRecommender(nn.Module):
     def prepare(self, train_sequences: list) -> None:
         """Called once before training a fresh model with the training sequences (e.g. counts)."""
 
-    def loss(self, window: Tensor) -> Tensor:
+    def loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:

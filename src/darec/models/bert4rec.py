@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darec.config import option
+from darec.data.batching import Batch
 from darec.models.base import SequentialRecommender
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
@@ -39,7 +40,9 @@ class BERT4Rec(SequentialRecommender):
     def _logits(self, hidden: Tensor) -> Tensor:
         return self.head(hidden) @ self.encoder.item_embedding.weight[: self.n_items + 1].T + self.bias
 
-    def loss(self, window: Tensor) -> Tensor:
+    def loss(self, batch: Batch) -> Tensor:
+        # Cloze training reads whole windows; overlapping windows only repeat some items.
+        window = batch.items
         real = window > 0
         masked = (torch.rand(window.shape, device=window.device) < self.config.mask_prob) & real
         lengths = real.sum(1)

@@ -9,6 +9,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from darec.config import option
+from darec.data.batching import Batch
 from darec.models.base import ModelConfig, SequentialRecommender, last_state, next_item_loss
 from darec.models.registry import register
 
@@ -41,8 +42,8 @@ class GRU4Rec(SequentialRecommender):
         output, _ = self.gru(self.dropout(self.item_embedding(items)))
         return self.out(output)
 
-    def loss(self, window: Tensor) -> Tensor:
-        return next_item_loss(self._hidden(window[:, :-1]), window[:, 1:], self.item_embedding.weight, self.config.loss)
+    def loss(self, batch: Batch) -> Tensor:
+        return next_item_loss(self._hidden(batch.items[:, :-1]), batch.next_item_targets(), self.item_embedding.weight, self.config.loss)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         return last_state(self._hidden(items), lengths) @ self.item_embedding.weight.T

@@ -8,6 +8,7 @@ from typing import Literal
 from torch import Tensor
 
 from darec.config import option
+from darec.data.batching import Batch
 from darec.models.base import SequentialRecommender, last_state, next_item_loss
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
@@ -27,9 +28,9 @@ class SASRec(SequentialRecommender):
         super().__init__(config, n_items, max_len)
         self.encoder = ItemEncoder(n_items + 1, max_len, config)
 
-    def loss(self, window: Tensor) -> Tensor:
-        hidden = self.encoder(window[:, :-1], causal=True)
-        return next_item_loss(hidden, window[:, 1:], self.encoder.item_embedding.weight, self.config.loss)
+    def loss(self, batch: Batch) -> Tensor:
+        hidden = self.encoder(batch.items[:, :-1], causal=True)
+        return next_item_loss(hidden, batch.next_item_targets(), self.encoder.item_embedding.weight, self.config.loss)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         state = last_state(self.encoder(items, causal=True), lengths)

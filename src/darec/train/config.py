@@ -17,12 +17,14 @@ class DataConfig:
     data_root: str | None = option(None, "Folder holding named data sets (default: $DAREC_DATA, ../shared/data, ~/.cache/darec/data).")
     k_core: int = option(0, "Iterative k-core filter on users and items (0 = off).")
     max_len: int = option(50, "Longest history the model reads (most recent items).")
+    window_overlap: float = option(0.5, "Share of max_len by which training windows of a long sequence overlap, so early "
+                                        "targets in a window still see that much context (0 = none, cheapest).")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = option(200, "Maximum training epochs.")
-    batch_size: int = option(128, "Training windows per batch.")
+    batch_size: int = option(32, "Training windows per batch (small batches learn more per epoch on CPU at little cost).")
     lr: float = option(1e-3, "AdamW learning rate.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     grad_clip: float = option(5.0, "Gradient norm clip (0 = off).")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from darec.data import SequenceDataset, load_dataset
-from darec.data.batching import bucketed_batches, training_windows, trim
+from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
 from darec.train.checkpoint import (
     atomic_write_json, atomic_write_text, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors,
@@ -96,7 +96,9 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
         self.generator = torch.Generator().manual_seed(t.seed)
-        self.windows = torch.from_numpy(training_windows(self.dataset.train_sequences(), config.data.max_len))
+        context = int(config.data.window_overlap * config.data.max_len)
+        windows, skip = training_windows(self.dataset.train_sequences(), config.data.max_len, context)
+        self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
         self.valid = self.dataset.split("valid")
         self.state: dict[str, Any] = {"epoch": 0, "best": float("-inf"), "best_epoch": 0, "bad_evals": 0,
@@ -153,7 +155,7 @@ class Trainer:
         t = self.config.train
         total, batches = 0.0, 0
         for index in bucketed_batches(self.window_lengths, t.batch_size, self.generator):
-            loss = self.model.loss(trim(self.windows[index]).to(self.device))
+            loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:

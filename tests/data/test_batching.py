@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from darec.data.batching import Batch, bucketed_batches, pad_right, training_windows, trim
+
+
+@pytest.mark.parametrize("context", [0, 1, 3])
+def test_every_transition_is_a_target_once_with_context(context: int) -> None:
+    sequences = [np.arange(1, 24), np.array([5, 6]), np.arange(100, 105)]
+    items, skip = training_windows(sequences, max_len=6, context=context)
+    batch = Batch(torch.from_numpy(items), torch.from_numpy(skip))
+    targets = batch.next_item_targets()
+    seen: Counter = Counter()
+    for row in range(len(items)):
+        for pos in torch.nonzero(targets[row]).flatten().tolist():
+            before = items[row, pos]  # the input item at this position
+            seen[(int(before), int(targets[row, pos]))] += 1
+            # context: the target sees every earlier item of its window
+            if skip[row]:
+                assert pos >= context
+    expected = Counter((int(s[i]), int(s[i + 1])) for s in sequences for i in range(len(s) - 1))
+    assert seen == expected  # each next-item transition exactly once
+
+
+def test_pad_trim_and_buckets() -> None:
+    items, lengths = pad_right([np.array([1, 2, 3]), np.arange(1, 10)], 4)
+    assert items.tolist() == [[1, 2, 3, 0], [6, 7, 8, 9]] and lengths.tolist() == [3, 4]
+    assert trim(torch.tensor([[1, 2, 0, 0], [3, 0, 0, 0]])).shape == (2, 2)
+    lengths = torch.randint(1, 50, (1000,))
+    batches = list(bucketed_batches(lengths, 16, torch.Generator().manual_seed(0), pool=8))
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))  # every row once
+    spread = np.mean([float(lengths[b].max() - lengths[b].min()) for b in batches])
+    assert spread < 10  # rows of similar length share a batch (random batches would spread ~45)
