@@ -41,3 +41,11 @@ def test_model_section_follows_model_name_and_roundtrips(tmp_path: Path) -> None
     import yaml
 
     assert build_config(yaml.safe_load(c.to_yaml())) == c
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")))
+def test_example_configs_parse(path: Path) -> None:
+    from darec.config import load_yaml
+
+    config = build_config(load_yaml(path), source=str(path))
+    assert config.model.name in path.name

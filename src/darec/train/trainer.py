@@ -101,7 +101,7 @@ class Trainer:
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
         self.valid = self.dataset.split("valid")
-        self.state: dict[str, Any] = {"epoch": 0, "best": float("-inf"), "best_epoch": 0, "bad_evals": 0,
+        self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
                                       "history": [], "finished": False, "checkpoint": None}
         if resume:
             self._restore()
@@ -201,7 +201,7 @@ class Trainer:
                     row["eval_seconds"] = time.perf_counter() - start
                     score = row["valid"][SELECT]
                     last_valid = f"{score:.4f}"
-                    if score > self.state["best"]:
+                    if self.state["best"] is None or score > self.state["best"]:
                         self.state.update(best=score, best_epoch=epoch, bad_evals=0)
                         save_tensors(self.run_dir / BEST, model_state(self.model))
                     else:
