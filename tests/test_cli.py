@@ -68,3 +68,20 @@ def test_quickstart_trains_on_ml100k_when_present(tmp_path: Path, shared_data: P
     result = runner.invoke(app, ["quickstart", "--epochs", "1", "--run-dir", str(tmp_path / "q")])
     assert result.exit_code == 0, result.output
     assert "sasrec on ml-100k" in result.output and (tmp_path / "q" / "results.json").exists()
+
+
+def test_sampled_protocol_from_the_command_line(tmp_path: Path) -> None:
+    run = tmp_path / "pop"
+    result = runner.invoke(app, ["train", "--model", "pop", "--dataset", "synthetic", "--run-dir", str(run), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(run), "--protocol", "sampled"])
+    assert result.exit_code == 0, result.output
+    row = next(r for r in json.loads((run / "results.json").read_text()) if r["protocol"] == "sampled100" and r["split"] == "test")
+    assert "sampled100" in result.output and f"{row['ndcg@10']:.4f}" in result.output
+    result = runner.invoke(app, ["evaluate", str(run), "--protocol", "sample"])
+    assert result.exit_code == 2 and "--protocol is full or sampled" in result.output
+
+
+def test_download_errors_are_clear(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "download", "ml-1n", "--data-root", str(tmp_path)])
+    assert result.exit_code == 2 and "Did you mean 'ml-1m'" in result.output
