@@ -83,3 +83,12 @@ def test_ragged_user_line_and_missing_file(tmp_path: Path) -> None:
         read_user_lines(write(tmp_path / "u.txt", "1 2 3\n7\n"))
     with pytest.raises(DataError, match="file not found"):
         read_atomic(tmp_path / "missing.inter")
+
+
+def test_presplit_user_missing_from_test(tmp_path: Path) -> None:
+    head = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    write(tmp_path / "S.train.inter", head + "0\t0\t1\n")
+    write(tmp_path / "S.valid.inter", head + "0\t0 1\t2\n1\t5\t6\n")
+    write(tmp_path / "S.test.inter", head + "0\t0 1 2\t3\n")
+    with pytest.raises(DataError, match=r"S\.test\.inter: user '1' has a row in only one of the valid and test files"):
+        read_presplit(tmp_path / "S")

@@ -187,6 +187,7 @@ def read_presplit(prefix: str | Path) -> RawData:
     """
     prefix = Path(prefix)
     full: dict[str, list[str]] = {}
+    users: dict[str, set[str]] = {}
     for split in ("train", "valid", "test"):
         path = Path(f"{prefix}.{split}.inter")
         header, body = _read_table(path, "\t")
@@ -212,6 +213,10 @@ def read_presplit(prefix: str | Path) -> RawData:
             if known[len(known) - n:] != history[len(history) - n:]:
                 raise DataError(path, f"history of user {user!r} does not continue their earlier rows", number)
             full[user] = max(known, history, key=len) + [target]
+        users[split] = seen
+        if split == "test" and seen != users["valid"]:
+            odd = sorted(seen ^ users["valid"])[0]
+            raise DataError(path, f"user {odd!r} has a row in only one of the valid and test files (leave-one-out needs both)")
     texts: dict[str, str] = {}
     text_path, index_path = Path(f"{prefix}.text"), Path(f"{prefix}.item2index")
     if text_path.exists():
