@@ -32,10 +32,11 @@ def _fail(exc: BaseException) -> None:
 
 def _metrics_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
-    for column in ("split", "protocol", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"):
+    for column in ("split", "protocol", "history", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"):
         table.add_column(column, justify="right" if "@" in column else "left")
     for row in rows:
-        table.add_row(row["split"], row["protocol"], *(f"{row[k]:.4f}" for k in ("hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")))
+        table.add_row(row["split"], row["protocol"], "excluded" if row["exclude_history"] else "kept",
+                      *(f"{row[k]:.4f}" for k in ("hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")))
     return table
 
 
@@ -65,8 +66,7 @@ def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[
         rows = trainer.fit()
     except USER_ERRORS as exc:
         _fail(exc)
-    exclude = "history excluded" if trainer.config.train.exclude_history else "history not excluded"
-    console.print(_metrics_table(rows, f"{trainer.config.model.name} on {stats['dataset']} (leave-one-out, {exclude})"))
+    console.print(_metrics_table(rows, f"{trainer.config.model.name} on {stats['dataset']} (leave-one-out)"))
     console.print(f"run directory: [bold]{run_dir}[/]  (try `darec recommend {run_dir} --history ID,ID,...`)")
 
 
@@ -124,8 +124,9 @@ def evaluate(
     except USER_ERRORS as exc:
         _fail(exc)
     label = "full" if protocol == "full" else f"sampled{c.train.sampled_negatives}"
-    row = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label, **metrics}
-    console.print(_metrics_table([row], f"{c.model.name} on {dataset.name}" + (" (history excluded)" if exclude and protocol == "full" else "")))
+    row = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label,
+           "exclude_history": exclude or protocol == "sampled", **metrics}
+    console.print(_metrics_table([row], f"{c.model.name} on {dataset.name}"))
 
 
 @app.command()

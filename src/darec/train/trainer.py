@@ -41,7 +41,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
                 console: Console | None = None) -> list[dict[str, Any]]:
-    """Validation and test metrics of ``model`` under the full and the sampled protocol, as flat rows.
+    """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
+    history kept and excluded (papers differ; every row says which), and the sampled protocol.
 
     The sampled protocol is left out, with a message, when the catalogue is too small to
     draw the negatives from items a user has not seen.
@@ -50,19 +51,20 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
     rows = []
     for split in ("valid", "test"):
         histories, targets = dataset.split(split)
-        protocols = [("full", "full")]
+        settings = [("full", "full", False), ("full", "full", True)]
         try:
             negatives = sample_negatives(histories, targets, dataset.n_items, t.sampled_negatives, t.seed)
-            protocols.append(("sampled", f"sampled{t.sampled_negatives}"))
+            # Negatives are drawn from unseen items, so the history is excluded by construction.
+            settings.append(("sampled", f"sampled{t.sampled_negatives}", True))
         except ValueError as exc:
             negatives = None
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
-        for protocol, label in protocols:
-            metrics = evaluate(model, histories, targets, protocol, t.exclude_history, negatives, t.eval_batch_size)
+        for protocol, label, exclude in settings:
+            metrics = evaluate(model, histories, targets, protocol, exclude, negatives, t.eval_batch_size)
             rows.append({
                 "dataset": dataset.name, "model": config.model.name, "variant": variant, "protocol": label, "split": split,
-                "exclude_history": t.exclude_history if protocol == "full" else True, **metrics,
+                "exclude_history": exclude, **metrics,
             })
     return rows
 
