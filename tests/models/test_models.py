@@ -8,7 +8,7 @@ import torch
 
 from darec.data import load_dataset
 from darec.data.batching import Batch, pad_right, training_windows
-from darec.models import MODELS, build_model
+from darec.models import build_model
 from darec.train.config import build_config
 from darec.train.evaluate import evaluate
 
@@ -17,7 +17,7 @@ def _model(name: str, n_items: int = 30, max_len: int = 8, **overrides):
     return build_model(config, n_items, max_len)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", ["bert4rec", "gru4rec", "pop", "sasrec"])
 def test_score_shape(name: str) -> None:
     model = _model(name).eval()
     items, lengths = pad_right([np.array([1, 2, 3]), np.arange(1, 20)], 8)

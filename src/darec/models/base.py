@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.batching import Batch
+from darec.data.dataset import SequenceDataset
 
 
 @dataclass
@@ -33,8 +34,9 @@ class SequentialRecommender(nn.Module):
         super().__init__()
         self.config, self.n_items, self.max_len = config, n_items, max_len
 
-    def prepare(self, train_sequences: list) -> None:
-        """Called once before training a fresh model with the training sequences (e.g. counts)."""
+    def prepare(self, dataset: SequenceDataset) -> None:
+        """Called before training with the data set (its training part and item text only),
+        for what a model derives from data rather than learns: counts, tokenized titles."""
 
     def loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError

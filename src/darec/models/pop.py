@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from darec.config import option
+from darec.data.dataset import SequenceDataset
 from darec.models.base import ModelConfig, SequentialRecommender
 from darec.models.registry import register
 
@@ -24,11 +24,8 @@ class Pop(SequentialRecommender):
         super().__init__(config, n_items, max_len)
         self.register_buffer("counts", torch.zeros(n_items + 1))
 
-    def prepare(self, train_sequences: list) -> None:
-        counts = np.zeros(self.n_items + 1)
-        for seq in train_sequences:
-            np.add.at(counts, seq, 1)
-        self.counts.copy_(torch.from_numpy(counts))
+    def prepare(self, dataset: SequenceDataset) -> None:
+        self.counts.copy_(torch.from_numpy(dataset.item_popularity()))
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         return self.counts.expand(items.size(0), -1)

@@ -93,7 +93,7 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.dataset = dataset or load_dataset(config.data.dataset, config.data.data_root, config.data.k_core, t.seed)
         self.model = build_model(config.model, self.dataset.n_items, config.data.max_len)
-        self.model.prepare(self.dataset.train_sequences())
+        self.model.prepare(self.dataset)
         self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
