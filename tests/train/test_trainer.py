@@ -69,3 +69,14 @@ def test_most_popular_needs_no_training(tmp_path: Path) -> None:
     rows = Trainer(build_config(overrides=["model=pop", "dataset=synthetic-tiny"]), tmp_path / "p", progress=False).fit()
     assert rows[0]["ndcg@10"] > 0
     assert load_run(tmp_path / "p").model.counts.sum() > 0
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    from darec.models import build_model
+    from darec.train.checkpoint import load_model_state
+
+    config = build_config(overrides=[*FAST, "epochs=1"])
+    Trainer(config, tmp_path / "r", progress=False).fit()
+    other = build_model(config.model, n_items=7, max_len=20)
+    with pytest.raises(ValueError, match="model.safetensors: weights do not fit the model"):
+        load_model_state(other, tmp_path / "r" / "model.safetensors")

@@ -38,6 +38,11 @@ class SequentialRecommender(nn.Module):
         """Called before training with the data set (its training part and item text only),
         for what a model derives from data rather than learns: counts, tokenized titles."""
 
+    def rebuilt_state_keys(self) -> set[str]:
+        """State entries the constructor rebuilds identically (a frozen pretrained backbone),
+        so checkpoints leave them out."""
+        return set()
+
     def loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError
 

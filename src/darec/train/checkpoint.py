@@ -42,9 +42,27 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
     return load_file(str(path), device=str(device))
 
 
+def _rebuilt_keys(model: torch.nn.Module) -> set[str]:
+    return set(getattr(model, "rebuilt_state_keys", lambda: set())())
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: the state dict less what the constructor rebuilds (e.g. a
+    frozen pretrained backbone)."""
+    skip = _rebuilt_keys(model)
     # Tied weights appear under several names; safetensors refuses shared storage, so clone.
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    return {k: v.clone() for k, v in model.state_dict().items() if k not in skip}
+
+
+def load_model_state(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    """Load weights saved by :func:`model_state`; anything else missing or extra is an error."""
+    try:
+        missing, unexpected = model.load_state_dict(load_tensors(path, device), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path}: weights do not fit the model: {str(exc).splitlines()[-1].strip()}") from exc
+    missing = set(missing) - _rebuilt_keys(model)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -25,7 +25,7 @@ import torch
 
 from darec.config import ConfigError, load_yaml
 from darec.models import SequentialRecommender, build_model
-from darec.train.checkpoint import load_tensors
+from darec.train.checkpoint import load_model_state
 from darec.train.config import RunConfig, build_config
 
 CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
@@ -67,5 +67,5 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     id_map = json.loads((run_dir / ID_MAP).read_text())
     model = build_model(config.model, len(id_map["items"]) - 1, config.data.max_len)
     target = resolve_device(device if device != "auto" else config.train.device)
-    model.load_state_dict(load_tensors(weights))
+    load_model_state(model, weights)
     return LoadedRun(config, model.to(target).eval(), id_map)

@@ -21,7 +21,8 @@ from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
 from darec.train.checkpoint import (
-    atomic_write_json, atomic_write_text, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors,
+    atomic_write_json, atomic_write_text, load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state,
+    save_tensors,
 )
 from darec.train.config import RunConfig
 from darec.train.evaluate import evaluate, sample_negatives
@@ -140,7 +141,7 @@ class Trainer:
         if self.state["checkpoint"] is None:
             return
         folder = self.run_dir / self.state["checkpoint"]
-        self.model.load_state_dict(load_tensors(folder / "model.safetensors", self.device))
+        load_model_state(self.model, folder / "model.safetensors", self.device)
         rng = load_tensors(folder / "rng.safetensors")
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["shuffle"])
@@ -221,7 +222,7 @@ class Trainer:
                     on_epoch_end(epoch)
         self.state["finished"] = True
         atomic_write_json(self.run_dir / STATE, self.state)
-        self.model.load_state_dict(load_tensors(self.run_dir / BEST, self.device))
+        load_model_state(self.model, self.run_dir / BEST, self.device)
         rows = result_rows(self.config, self.dataset, self.model, console=self.console)
         for row in rows:
             row["best_epoch"] = self.state["best_epoch"]

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from darec.data import load_dataset
 from darec.data.batching import Batch, pad_right, training_windows
@@ -42,6 +43,8 @@ def test_learns_and_round_trips_through_a_run_directory(tmp_path: Path) -> None:
     losses = []
     trainer.fit(on_epoch_end=lambda e: losses.append(trainer.state["history"][-1]["loss"]))
     assert losses[-1] < losses[0]
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    assert any("lora_" in k for k in saved) and not any(k.startswith("llm.") and "lora_" not in k for k in saved)
     loaded = load_run(tmp_path / "run")
     histories, _ = trainer.dataset.split("test")
     items, lengths = pad_right(histories[:8], 10)

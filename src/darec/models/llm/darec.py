@@ -83,6 +83,10 @@ class DARec(SequentialRecommender):
         self.user_proj = nn.Linear(hidden, c.cf_hidden)
         self.head = nn.Linear(hidden, n_items + 1)
 
+    def rebuilt_state_keys(self) -> set[str]:
+        # The frozen backbone comes back from its source; only adapters and heads are saved.
+        return {k for k in self.state_dict() if k.startswith("llm.") and "lora_" not in k}
+
     def prepare(self, dataset: SequenceDataset) -> None:
         """Tokenize every item title once (kept in a buffer, so it is saved with the run)."""
         width = self.item_text.size(1)
