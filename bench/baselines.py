@@ -35,7 +35,7 @@ import torch
 
 from darec.data import data_roots
 from darec.train import Trainer, build_config
-from darec.train.checkpoint import atomic_write_json, atomic_write_text
+from darec.io import atomic_write_json, atomic_write_text
 from darec.train.run import load_run
 from darec.train.trainer import result_rows, seconds_per_epoch
 

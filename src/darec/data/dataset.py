@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from darec.data.formats import RawData
+from darec.io import atomic_write_text
 
 
 @dataclass
@@ -71,8 +72,6 @@ class SequenceDataset:
         return {"users": self.user_ids, "items": self.item_ids, "item_text": self.item_text}
 
     def save_id_map(self, path: Path) -> None:
-        from darec.train.checkpoint import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.id_map()))
 
 

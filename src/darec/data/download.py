@@ -17,8 +17,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -30,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from darec.data.formats import RawData
+from darec.io import atomic_directory
 
 
 class DownloadError(RuntimeError):
@@ -49,20 +48,11 @@ def _write_rows(path: Path, header: str, rows: Iterable[tuple]) -> None:
 
 def write_atomic(out_dir: Path, name: str, inter: Iterable[InterRow], items: Iterable[ItemRow] | None = None) -> Path:
     """Write ``out_dir/name.inter`` (+ ``.item``) as RecBole atomic files, all or nothing."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         _write_rows(tmp / f"{name}.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float", inter)
         if items is not None:
             _write_rows(tmp / f"{name}.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq", items)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir / f"{name}.inter"
+    return Path(out_dir) / f"{name}.inter"
 
 
 def write_atomic_files(raw: RawData, out_dir: Path, name: str) -> Path:

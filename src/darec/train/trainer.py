@@ -20,10 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
-from darec.train.checkpoint import (
-    atomic_write_json, atomic_write_text, load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state,
-    save_tensors,
-)
+from darec.io import atomic_write_json, atomic_write_text
+from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.train.config import RunConfig
 from darec.train.evaluate import evaluate, sample_negatives
 from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, read_config, resolve_device
