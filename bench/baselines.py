@@ -140,7 +140,7 @@ def run_recbole(dataset: str, epochs: int, python: str, workdir: Path, command: 
             "--dropout", str(SHAPE["dropout"]), "--max-len", "50"]
     if dataset != "ml-100k":  # RecBole ships ml-100k itself (the same file as ../shared/data/ml-100k)
         folder = next(r / dataset for r in data_roots() if (r / dataset).is_dir())
-        args += ["--user-lines", str(next(folder.glob("*.txt")))]
+        args += ["--user-lines", str(next(folder.glob("*.txt")).resolve())]
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"RecBole failed:\n{done.stderr[-3000:]}")
