@@ -122,7 +122,15 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     with atomic_directory(out) as tmp:
         AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
-        AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # transformers will not save a model it loaded from GGUF: copy the dequantized
+        # weights into a plain model of the same config and save that.
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(quantized.state_dict())
+        plain.save_pretrained(tmp)
     return out
 
 
