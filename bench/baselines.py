@@ -110,14 +110,16 @@ def common(dataset: str, model: str, variant: str, command: str, threads: int) -
             "machine": machine(), "versions": versions(), "command": command, "threads": threads}
 
 
-def run_ours(dataset: str, model: str, variant: str, overrides: list[str], workdir: Path, command: str, threads: int) -> list[dict]:
+def run_ours(dataset: str, model: str, variant: str, overrides: list[str], workdir: Path, command: str, threads: int,
+             evaluate_only: bool = False) -> list[dict]:
     run_dir = workdir / f"{dataset}-{model}-{variant}"
     if (run_dir / "trainer_state.json").exists():
         trainer = Trainer(None, run_dir, resume=True, progress=False)  # finished runs just re-evaluate
     else:
         config = build_config(overrides=[f"model={model}", f"dataset={dataset}", f"threads={threads}", *overrides])
         trainer = Trainer(config, run_dir, progress=False)
-    trainer.fit()
+    if not evaluate_only:  # with it, an unfinished run is reported as it stands (marked as not converged)
+        trainer.fit()
     # Every row set from the best weights, whichever darec version trained them.
     rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model)
     state = json.loads((run_dir / "trainer_state.json").read_text())
@@ -125,7 +127,7 @@ def run_ours(dataset: str, model: str, variant: str, overrides: list[str], workd
     for r in rows:
         row = common(dataset, model, variant, command, threads)
         row.update(split=r["split"], protocol=r["protocol"], exclude_history=r["exclude_history"], epochs=state["epoch"],
-                   best_epoch=state["best_epoch"], stopped_early=state["epoch"] < trainer.config.train.epochs,
+                   best_epoch=state["best_epoch"], stopped_early=state["finished"] and state["epoch"] < trainer.config.train.epochs,
                    **{m: r[m] for m in METRICS})
         if model != "pop":
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--recbole-python", default="/tmp/rbvenv/bin/python")
     parser.add_argument("--setup-recbole", action="store_true", help="create the RecBole venv at /tmp/rbvenv if missing")
     parser.add_argument("--workdir", type=Path, default=HERE / "work")
+    parser.add_argument("--evaluate-only", action="store_true", help="converged part: report existing runs as they stand")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     python = setup_recbole(Path(args.recbole_python).parents[1]) if args.setup_recbole else args.recbole_python
@@ -195,7 +198,7 @@ def main() -> None:
                 overrides = [f"epochs={args.max_epochs}", f"patience={args.patience}"]
                 if model == "sasrec":
                     overrides += [*shape, "loss=ce"]
-                save_rows(run_ours(dataset, model, "darec-converged", overrides, args.workdir, command, args.threads))
+                save_rows(run_ours(dataset, model, "darec-converged", overrides, args.workdir, command, args.threads, args.evaluate_only))
                 print(f"{dataset}: {model} converged run done", flush=True)
 
 
