@@ -68,8 +68,8 @@ def save_rows(new_rows: list[dict]) -> None:
 
 
 def epochs_note(row: dict) -> str:
-    """Mark a run meant to converge that hit its epoch cap instead."""
-    return " (cap, not converged)" if row["variant"].endswith("converged") and not row.get("stopped_early", True) else ""
+    """Mark a run meant to converge that hit its epoch cap or was stopped instead."""
+    return " (stopped before early stopping: not converged)" if row["variant"].endswith("converged") and not row.get("stopped_early", True) else ""
 
 
 def markdown(rows: list[dict]) -> str:
