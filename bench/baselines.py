@@ -118,10 +118,9 @@ def run_ours(dataset: str, model: str, variant: str, overrides: list[str], workd
     else:
         config = build_config(overrides=[f"model={model}", f"dataset={dataset}", f"threads={threads}", *overrides])
         trainer = Trainer(config, run_dir, progress=False)
-    if not evaluate_only:  # with it, an unfinished run is reported as it stands (marked as not converged)
-        trainer.fit()
-    # Every row set from the best weights, whichever darec version trained them.
-    rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model)
+    # fit() ends by evaluating the best weights (at once for a finished run); --evaluate-only
+    # reports an unfinished run as it stands, marked as not converged.
+    rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model) if evaluate_only else trainer.fit()
     state = json.loads((run_dir / "trainer_state.json").read_text())
     out = []
     for r in rows:

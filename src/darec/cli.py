@@ -108,6 +108,7 @@ def evaluate(
     """Evaluate the best checkpoint of a run."""
     from darec.data import load_dataset
     from darec.train import evaluate as run_eval, load_run, sample_negatives
+    from darec.train.run import check_same_data
 
     try:
         if protocol not in ("full", "sampled") or split not in ("valid", "test"):
@@ -115,8 +116,7 @@ def evaluate(
         loaded = load_run(run_dir)
         c = loaded.config
         dataset = load_dataset(c.data.dataset, c.data.data_root, c.data.k_core, c.train.seed)
-        if dataset.item_ids != loaded.id_map["items"]:
-            raise ValueError(f"{run_dir}: the data set no longer matches the one this run was trained on")
+        check_same_data(run_dir, dataset)
         histories, targets = dataset.split(split)
         negatives = sample_negatives(histories, targets, dataset.n_items, c.train.sampled_negatives, c.train.seed) if protocol == "sampled" else None
         exclude = c.train.exclude_history if exclude_history is None else exclude_history

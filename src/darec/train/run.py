@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from darec.config import ConfigError, load_yaml
+from darec.data.dataset import SequenceDataset
 from darec.models import SequentialRecommender, build_model
 from darec.train.checkpoint import load_model_state
 from darec.train.config import RunConfig, build_config
@@ -38,6 +39,13 @@ class LoadedRun:
     config: RunConfig
     model: SequentialRecommender
     id_map: dict[str, list[str]]
+
+
+def check_same_data(run_dir: Path, dataset: SequenceDataset) -> None:
+    """Refuse a data set whose users or items differ from those the run was trained on."""
+    saved = json.loads((Path(run_dir) / ID_MAP).read_text())
+    if saved["items"] != dataset.item_ids or saved["users"] != dataset.user_ids:
+        raise ValueError(f"{run_dir}: the data set no longer matches the one this run was trained on")
 
 
 def read_config(run_dir: Path) -> RunConfig:

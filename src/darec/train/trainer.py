@@ -24,7 +24,7 @@ from darec.io import atomic_write_json, atomic_write_text
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.train.config import RunConfig
 from darec.train.evaluate import evaluate, sample_negatives
-from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, read_config, resolve_device
+from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, check_same_data, read_config, resolve_device
 
 SELECT = "ndcg@10"
 
@@ -133,9 +133,7 @@ class Trainer:
 
     def _restore(self) -> None:
         self.state = json.loads((self.run_dir / STATE).read_text())
-        saved = json.loads((self.run_dir / ID_MAP).read_text())
-        if saved["items"] != self.dataset.item_ids or saved["users"] != self.dataset.user_ids:
-            raise ValueError(f"{self.run_dir}: the data set no longer matches the one this run was trained on")
+        check_same_data(self.run_dir, self.dataset)
         if self.state["checkpoint"] is None:
             return
         folder = self.run_dir / self.state["checkpoint"]
