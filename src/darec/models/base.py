@@ -55,6 +55,14 @@ def last_state(hidden: Tensor, lengths: Tensor) -> Tensor:
     return hidden[torch.arange(hidden.size(0), device=hidden.device), lengths - 1]
 
 
+def catalogue_scores(states: Tensor, table: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Scores ``[B, n_items + 1]`` of user states against an item table, in float32 even
+    under bf16 autocast: bf16 keeps 8 bits of mantissa, and rounded scores tie many items."""
+    with torch.autocast(states.device.type, enabled=False):
+        scores = states.float() @ table.float().T
+        return scores if bias is None else scores + bias.float()
+
+
 def next_item_loss(hidden: Tensor, targets: Tensor, items: Tensor, kind: Literal["ce", "bce"]) -> Tensor:
     """Next-item loss at every non-padding target.
 

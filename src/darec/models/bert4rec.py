@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.batching import Batch
-from darec.models.base import SequentialRecommender
+from darec.models.base import SequentialRecommender, catalogue_scores
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
 
@@ -38,7 +38,7 @@ class BERT4Rec(SequentialRecommender):
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden) @ self.encoder.item_embedding.weight[: self.n_items + 1].T + self.bias
+        return catalogue_scores(self.head(hidden), self.encoder.item_embedding.weight[: self.n_items + 1], self.bias)
 
     def loss(self, batch: Batch) -> Tensor:
         # Cloze training reads whole windows; overlapping windows only repeat some items.

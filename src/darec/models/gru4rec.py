@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.batching import Batch
-from darec.models.base import ModelConfig, SequentialRecommender, last_state, next_item_loss
+from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
 from darec.models.registry import register
 
 
@@ -46,4 +46,4 @@ class GRU4Rec(SequentialRecommender):
         return next_item_loss(self._hidden(batch.items[:, :-1]), batch.next_item_targets(), self.item_embedding.weight, self.config.loss)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return last_state(self._hidden(items), lengths) @ self.item_embedding.weight.T
+        return catalogue_scores(last_state(self._hidden(items), lengths), self.item_embedding.weight)

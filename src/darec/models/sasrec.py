@@ -9,7 +9,7 @@ from torch import Tensor
 
 from darec.config import option
 from darec.data.batching import Batch
-from darec.models.base import SequentialRecommender, last_state, next_item_loss
+from darec.models.base import SequentialRecommender, catalogue_scores, last_state, next_item_loss
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
 
@@ -34,4 +34,4 @@ class SASRec(SequentialRecommender):
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         state = last_state(self.encoder(items, causal=True), lengths)
-        return state @ self.encoder.item_embedding.weight.T
+        return catalogue_scores(state, self.encoder.item_embedding.weight)

@@ -56,12 +56,14 @@ def test_block_mask_shape() -> None:
     assert not causal[2, 4] and causal[4, 2]
 
 
-def test_semantic_mask_isolates_item_tokens() -> None:
-    idx = _spans([2, 2])
-    is_item = torch.tensor([[False, True, False, True]])
-    m = item_attention_mask(idx, "semantic", is_item)[0, 0]
-    assert m[3].tolist() == [False, False, True, True]  # item token of item 1: own span only
-    assert m[2].tolist() == [True, True, True, True]  # text tokens keep the block mask
+def test_semantic_mask_isolates_semantic_tokens() -> None:
+    idx = _spans([3, 3])  # each item: text, semantic token, item token
+    semantic = torch.tensor([[False, True, False, False, True, False]])
+    text = torch.tensor([[True, False, False, True, False, False]])
+    m = item_attention_mask(idx, "semantic", semantic, text)[0, 0]
+    assert m[4].tolist() == [False, False, False, True, True, False]  # own text and itself, not the ID token after it
+    assert m[3].tolist() == [True, True, True, True, False, False]  # text: earlier items and own text, not own specials
+    assert m[5].tolist() == [True, True, True, True, True, True]  # the item token keeps the block mask
 
 
 @pytest.mark.parametrize("mode", ["block", "causal"])

@@ -3,13 +3,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from darec.config import ConfigError
 from darec.data import load_dataset
 from darec.data.batching import Batch, pad_right, training_windows
 from darec.models import build_model
 from darec.train import Trainer, build_config, load_run
+from darec.train.evaluate import evaluate
+
+
+def chance_ndcg10(n_items: int) -> float:
+    """Expected NDCG@10 of a uniformly random ranking."""
+    return float(sum(1 / np.log2(r + 2) for r in range(10)) / n_items)
 
 TINY = ["backbone=tiny", "item_tokens=4"]
 
@@ -25,16 +33,95 @@ def test_only_adapters_and_heads_train() -> None:
     assert not any(n.startswith("llm.") and "lora_" not in n for n in trainable)  # the backbone is frozen
 
 
-def test_later_items_do_not_change_earlier_states() -> None:
+@pytest.mark.parametrize("mask", ["block", "causal", "semantic"])
+def test_later_items_do_not_change_earlier_states(mask: str) -> None:
     data = load_dataset("synthetic-tiny")
-    for mask in ("block", "causal"):
+    model = _model(f"mask={mask}", n_items=data.n_items).eval()
+    model.prepare(data)
+    a = torch.tensor([[3, 5, 7, 9, 11]])
+    b = torch.tensor([[3, 5, 7, 2, 4]])
+    with torch.no_grad():
+        sa, sb = model._states(a)[0], model._states(b)[0]
+    assert torch.allclose(sa[0, :3], sb[0, :3], atol=1e-5) and not torch.allclose(sa[0, 3:], sb[0, 3:])
+
+
+def test_spans_are_packed_without_padding_inside_a_row() -> None:
+    model = _model("item_tokens=6", n_items=5)
+    lengths = [2, 6, 0, 4, 1, 3]
+    for item, n in enumerate(lengths):
+        model.item_text[item, :n] = torch.arange(n) + 10 * item + 10
+        model.item_text_len[item] = n
+    packed = model._pack(torch.tensor([[1, 3, 0], [4, 0, 0]]))
+    # row 0: item 1 (6 title tokens, item token), item 3 (4 + 1); row 1: item 4 (1 + 1), then padding
+    assert packed.ids.shape == (2, 12)
+    assert packed.ids[0, :6].tolist() == [20, 21, 22, 23, 24, 25] and packed.ids[0, 7:11].tolist() == [40, 41, 42, 43]
+    assert packed.item_pos.tolist()[0][:2] == [6, 11] and packed.item_pos[1, 0] == 1
+    assert packed.item_index[0].tolist() == [0] * 7 + [1] * 5
+    assert packed.item_index[1].tolist() == [0, 0] + [-1] * 10
+
+
+def test_a_row_scores_the_same_alone_and_in_a_batch() -> None:
+    data = load_dataset("synthetic-tiny")
+    for mask in ("block", "semantic"):
         model = _model(f"mask={mask}", n_items=data.n_items).eval()
         model.prepare(data)
-        a = torch.tensor([[3, 5, 7, 9, 11]])
-        b = torch.tensor([[3, 5, 7, 2, 4]])
+        items = torch.tensor([[3, 5, 7, 9], [2, 4, 0, 0]])
+        lengths = torch.tensor([4, 2])
         with torch.no_grad():
-            sa, sb = model._states(a), model._states(b)
-        assert torch.allclose(sa[0, :3], sb[0, :3], atol=1e-5) and not torch.allclose(sa[0, 3:], sb[0, 3:])
+            together = model.score(items, lengths)
+            alone = torch.cat([model.score(items[:1], lengths[:1]), model.score(items[1:, :2], lengths[1:])])
+        assert torch.allclose(together, alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_semantic_tokens_read_their_own_item_text_not_its_id(layers: int) -> None:
+    data = load_dataset("synthetic-tiny")
+    model = _model("mask=semantic", f"keep_layers={layers}", n_items=data.n_items).eval()
+    model.prepare(data)
+    with torch.no_grad():
+        _, a = model._states(torch.tensor([[3, 5, 7]]))
+        _, b = model._states(torch.tensor([[8, 5, 2]]))
+        model.cf.encoder.item_embedding.weight[5] += 1.0  # the ID token of item 5 follows its semantic token
+        _, c = model._states(torch.tensor([[3, 5, 7]]))
+    assert torch.allclose(a[0, 1], c[0, 1], atol=1e-5)  # never sees its own ID token, even through its text
+    # One layer: the item's text alone. Deeper, its text tokens have read the earlier items.
+    assert torch.allclose(a[0, 1], b[0, 1], atol=1e-5) == (layers == 1)
+    assert not torch.allclose(a[0, 0], b[0, 0])
+    with pytest.raises(ConfigError, match="semantic needs item text"):
+        _model("mask=semantic", "item_input=id")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    data = load_dataset("synthetic-tiny")
+    items, skip = training_windows(data.train_sequences(), 10)
+    batch = Batch(torch.from_numpy(items[:4]), torch.from_numpy(skip[:4]))
+    results = []
+    for checkpointing in ("false", "true"):
+        torch.manual_seed(0)
+        model = _model("lora_dropout=0", f"gradient_checkpointing={checkpointing}", n_items=data.n_items)
+        model.prepare(data)
+        model.train()
+        torch.manual_seed(1)
+        loss = model.loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if "lora_" in n}))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-5)
+    assert grad_a.keys() == grad_b.keys() and all(torch.allclose(grad_a[n], grad_b[n], atol=1e-5) for n in grad_a)
+
+
+def test_a_pretrained_sasrec_is_kept_in_the_loop(tmp_path: Path) -> None:
+    base = ["dataset=synthetic-tiny", "max_len=10", "epochs=1", "batch_size=16", "patience=0"]
+    Trainer(build_config(overrides=["model=sasrec", "hidden_size=32", *base]), tmp_path / "cf", progress=False).fit()
+    cf = load_file(tmp_path / "cf" / "model.safetensors")
+    overrides = ["model=darec", *TINY, *base, "cf_hidden=32", f"cf_run={tmp_path / 'cf'}", "cf_freeze=true"]
+    trainer = Trainer(build_config(overrides=overrides), tmp_path / "darec", progress=False)
+    assert all(torch.equal(trainer.model.cf.state_dict()[k], v) for k, v in cf.items())
+    trainer.fit()
+    assert all(torch.equal(trainer.model.cf.state_dict()[k].cpu(), v) for k, v in cf.items())  # frozen: unchanged
+    with pytest.raises(ConfigError, match="cf_run"):
+        Trainer(build_config(overrides=["model=darec", *TINY, *base, f"cf_run={tmp_path / 'cf'}"]), tmp_path / "bad",
+                progress=False)
 
 
 def test_learns_and_round_trips_through_a_run_directory(tmp_path: Path) -> None:
@@ -43,6 +130,10 @@ def test_learns_and_round_trips_through_a_run_directory(tmp_path: Path) -> None:
     losses = []
     trainer.fit(on_epoch_end=lambda e: losses.append(trainer.state["history"][-1]["loss"]))
     assert losses[-1] < losses[0]
+    # It fits its training data: the last training item from the items before it, far above chance.
+    sequences = trainer.dataset.train_sequences()
+    fit = evaluate(trainer.model, [s[:-1] for s in sequences], np.array([s[-1] for s in sequences]))
+    assert fit["ndcg@10"] > 5 * chance_ndcg10(trainer.dataset.n_items)
     saved = load_file(tmp_path / "run" / "model.safetensors")
     assert any("lora_" in k for k in saved) and not any(k.startswith("llm.") and "lora_" not in k for k in saved)
     loaded = load_run(tmp_path / "run")
@@ -58,7 +149,7 @@ def test_ablations_build_and_run() -> None:
     data = load_dataset("synthetic-tiny")
     items, skip = training_windows(data.train_sequences(), 10)
     batch = Batch(torch.from_numpy(items[:4]), torch.from_numpy(skip[:4]))
-    for overrides in (["item_input=text"], ["item_input=id"], ["lambda_cf=0"], ["mask=causal"]):
+    for overrides in (["item_input=text"], ["item_input=id"], ["lambda_cf=0"], ["mask=causal"], ["mask=semantic"]):
         model = _model(*overrides, n_items=data.n_items)
         model.prepare(data)
         assert torch.isfinite(model.loss(batch))
