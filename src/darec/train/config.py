@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -34,6 +34,9 @@ class TrainConfig:
     deterministic: bool = option(False, "Use deterministic algorithms only (slower on GPU).")
     device: str = option("auto", "cpu, cuda, cuda:N, mps or auto.")
     threads: int = option(0, "CPU threads for torch (0 = torch's default).")
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "Training precision: bf16 autocast (fp32 weights), or fp32. auto: bf16 on CUDA with bf16 support, else "
+                "fp32 (bf16 matmuls are slow on most CPUs). Evaluation always scores in fp32.")
     eval_batch_size: int = option(512, "Users per evaluation batch.")
     exclude_history: bool = option(False, "Remove the user's earlier items from the ranking (RecBole keeps them).")
     sampled_negatives: int = option(100, "Negatives per user for the sampled protocol.")

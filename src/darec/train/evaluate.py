@@ -34,7 +34,9 @@ def sample_negatives(histories: Sequence[np.ndarray], targets: np.ndarray, n_ite
     return out
 
 
-@torch.no_grad()
+Setting = tuple[Protocol, bool, "np.ndarray | None"]  # protocol, exclude_history, negatives (sampled only)
+
+
 def evaluate(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
@@ -52,34 +54,52 @@ def evaluate(
     user's earlier items from the candidates. ``sampled``: the target is ranked against
     ``negatives`` (one row per user, e.g. from :func:`sample_negatives`).
     """
-    if protocol == "sampled" and negatives is None:
-        raise ValueError("the sampled protocol needs negatives")
+    return evaluate_many(model, histories, targets, [(protocol, exclude_history, negatives)], batch_size, ks, per_user)[0]
+
+
+@torch.no_grad()
+def evaluate_many(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    settings: Sequence[Setting],
+    batch_size: int = 512,
+    ks: tuple[int, ...] = KS,
+    per_user: bool = False,
+) -> list[dict[str, float] | dict[str, np.ndarray]]:
+    """:func:`evaluate` under several settings from one scoring pass (the model runs once)."""
+    for protocol, _, negatives in settings:
+        if protocol == "sampled" and negatives is None:
+            raise ValueError("the sampled protocol needs negatives")
     was_training = model.training
     model.eval()
     device = next(iter(model.state_dict().values())).device
     items, lengths = pad_right(histories, model.max_len)
     # Users in order of history length, so each batch is cut to its own longest history.
     order = np.argsort(lengths, kind="stable")
-    values: dict[str, list[torch.Tensor]] = {}
+    values: list[dict[str, list[torch.Tensor]]] = [{} for _ in settings]
     for start in range(0, len(targets), batch_size):
         rows = order[start : start + batch_size]
         batch_items = trim(torch.from_numpy(items[rows])).to(device)
         batch_targets = torch.from_numpy(targets[rows]).to(device)
-        scores = model.score(batch_items, torch.from_numpy(lengths[rows]).to(device)).float().contiguous()
-        if protocol == "full":
-            scores[:, 0] = float("-inf")
-            if exclude_history:
-                for offset, row in enumerate(rows):
-                    scores[offset, torch.from_numpy(histories[row]).to(device)] = float("-inf")
-            ranks = target_ranks(scores, batch_targets)
-        else:
-            candidates = torch.cat([batch_targets[:, None], torch.from_numpy(negatives[rows]).to(device)], dim=1)
-            ranks = target_ranks(scores.gather(1, candidates), torch.zeros_like(batch_targets))
-        for name, value in rank_metrics(ranks, ks).items():
-            values.setdefault(name, []).append(value.cpu())
+        scores = model.score(batch_items, torch.from_numpy(lengths[rows]).to(device)).float()
+        for (protocol, exclude_history, negatives), out in zip(settings, values):
+            if protocol == "full":
+                ranked = scores.clone()
+                ranked[:, 0] = float("-inf")
+                if exclude_history:
+                    for offset, row in enumerate(rows):
+                        ranked[offset, torch.from_numpy(histories[row]).to(device)] = float("-inf")
+                ranks = target_ranks(ranked, batch_targets)
+            else:
+                candidates = torch.cat([batch_targets[:, None], torch.from_numpy(negatives[rows]).to(device)], dim=1)
+                ranks = target_ranks(scores.gather(1, candidates), torch.zeros_like(batch_targets))
+            for name, value in rank_metrics(ranks, ks).items():
+                out.setdefault(name, []).append(value.cpu())
     model.train(was_training)
     inverse = np.argsort(order, kind="stable")
-    joined = {name: torch.cat(parts).numpy()[inverse] for name, parts in values.items()}
-    if per_user:
-        return joined
-    return {name: float(v.mean()) for name, v in joined.items()}
+    results = []
+    for out in values:
+        joined = {name: torch.cat(parts).numpy()[inverse] for name, parts in out.items()}
+        results.append(joined if per_user else {name: float(v.mean()) for name, v in joined.items()})
+    return results

@@ -23,8 +23,8 @@ from darec.models import SequentialRecommender, build_model
 from darec.io import atomic_write_json, atomic_write_text
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.train.config import RunConfig
-from darec.train.evaluate import evaluate, sample_negatives
-from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, check_same_data, read_config, resolve_device
+from darec.train.evaluate import evaluate, evaluate_many, sample_negatives
+from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, autocast, check_same_data, read_config, resolve_device
 
 SELECT = "ndcg@10"
 
@@ -59,8 +59,8 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
             negatives = None
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
-        for protocol, label, exclude in settings:
-            metrics = evaluate(model, histories, targets, protocol, exclude, negatives, t.eval_batch_size)
+        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, _, exclude in settings], t.eval_batch_size)
+        for (_, label, exclude), metrics in zip(settings, scored):
             rows.append({
                 "dataset": dataset.name, "model": config.model.name, "variant": variant, "protocol": label, "split": split,
                 "exclude_history": exclude, **metrics,
@@ -154,7 +154,8 @@ class Trainer:
         t = self.config.train
         total, batches = 0.0, 0
         for index in bucketed_batches(self.window_lengths, t.batch_size, self.generator):
-            loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
+            with autocast(self.device, t.precision):
+                loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:

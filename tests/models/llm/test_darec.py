@@ -156,3 +156,18 @@ def test_ablations_build_and_run() -> None:
     e4srec = build_model(build_config(overrides=["model=e4srec", *TINY]).model, data.n_items, 10)
     assert e4srec.config.item_input == "id" and e4srec.config.mask == "causal" and e4srec.config.lambda_cf == 0
     assert np.isfinite(e4srec.loss(batch).item())
+
+
+def test_bf16_autocast_trains_and_scores_in_float32() -> None:
+    from darec.train.run import autocast
+
+    data = load_dataset("synthetic-tiny")
+    items, skip = training_windows(data.train_sequences(), 10)
+    model = _model(n_items=data.n_items)
+    model.prepare(data)
+    with autocast(torch.device("cpu"), "bf16"):
+        loss = model.loss(Batch(torch.from_numpy(items[:4]), torch.from_numpy(skip[:4])))
+        scores = model.score(torch.tensor([[3, 5, 7]]), torch.tensor([3]))
+    loss.backward()
+    assert torch.isfinite(loss) and scores.dtype == torch.float32
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())

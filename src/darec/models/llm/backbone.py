@@ -144,7 +144,8 @@ def tiny_backbone(seed: int = 0) -> Backbone:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = ByteTokenizer()
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2, **TINY)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                         attn_implementation="sdpa", **TINY)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -160,7 +161,8 @@ def load_backbone(name: str = "smollm2", keep_layers: int | None = None, dtype: 
 
         path = str(smollm2_dir()) if name == "smollm2" else name
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            # SDPA takes DARec's 4-D masks and runs fused kernels on CUDA (flash-attention kernels take no such mask).
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
             tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as exc:
             raise BackboneError(f"cannot load backbone {name!r}: {exc}") from exc
