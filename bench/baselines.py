@@ -22,49 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from common import HERE, METRICS, command_line, machine, save_rows, train_rows, versions
 from darec.data import data_roots
-from darec.train import Trainer, build_config
-from darec.io import atomic_write_json, atomic_write_text
-from darec.train.run import load_run
-from darec.train.trainer import result_rows, seconds_per_epoch
 
-HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "baselines.json"
 SHAPE = {"hidden_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256, "dropout": 0.5, "attn_dropout": 0.5}
-METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores"
-
-
-def versions() -> str:
-    import darec
-
-    return f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, darec {darec.__version__}"
-
-
-def save_rows(new_rows: list[dict]) -> None:
-    """Add rows, replacing earlier rows of the same dataset/model/variant/protocol/split."""
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    key = lambda r: (r["dataset"], r["model"], r["variant"], r["protocol"], r["split"], r["exclude_history"])  # noqa: E731
-    fresh = {key(r) for r in new_rows}
-    rows = [r for r in rows if key(r) not in fresh] + new_rows
-    atomic_write_json(RESULTS, rows)
-    atomic_write_text(RESULTS.with_suffix(".md"), markdown(rows))
 
 
 def epochs_note(row: dict) -> str:
@@ -113,25 +80,8 @@ def common(dataset: str, model: str, variant: str, command: str, threads: int) -
 def run_ours(dataset: str, model: str, variant: str, overrides: list[str], workdir: Path, command: str, threads: int,
              evaluate_only: bool = False) -> list[dict]:
     run_dir = workdir / f"{dataset}-{model}-{variant}"
-    if (run_dir / "trainer_state.json").exists():
-        trainer = Trainer(None, run_dir, resume=True, progress=False)  # finished runs just re-evaluate
-    else:
-        config = build_config(overrides=[f"model={model}", f"dataset={dataset}", f"threads={threads}", *overrides])
-        trainer = Trainer(config, run_dir, progress=False)
-    # fit() ends by evaluating the best weights (at once for a finished run); --evaluate-only
-    # reports an unfinished run as it stands, marked as not converged.
-    rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model) if evaluate_only else trainer.fit()
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    out = []
-    for r in rows:
-        row = common(dataset, model, variant, command, threads)
-        row.update(split=r["split"], protocol=r["protocol"], exclude_history=r["exclude_history"], epochs=state["epoch"],
-                   best_epoch=state["best_epoch"], stopped_early=state["finished"] and state["epoch"] < trainer.config.train.epochs,
-                   **{m: r[m] for m in METRICS})
-        if model != "pop":
-            row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
-        out.append(row)
-    return out
+    overrides = [f"model={model}", f"dataset={dataset}", f"threads={threads}", *overrides]
+    return train_rows(run_dir, overrides, common(dataset, model, variant, command, threads), evaluate_only)
 
 
 def run_recbole(dataset: str, epochs: int, python: str, workdir: Path, command: str, threads: int) -> list[dict]:
@@ -180,24 +130,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "work")
     parser.add_argument("--evaluate-only", action="store_true", help="converged part: report existing runs as they stand")
     args = parser.parse_args()
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = command_line()
     python = setup_recbole(Path(args.recbole_python).parents[1]) if args.setup_recbole else args.recbole_python
     args.workdir.mkdir(parents=True, exist_ok=True)
     shape = [f"{k}={v}" for k, v in SHAPE.items()]
     for dataset in args.datasets:
         if args.part in ("side-by-side", "all"):
             variant = f"darec-E{args.epochs}"
-            save_rows(run_ours(dataset, "sasrec", variant, [*shape, "loss=ce", f"epochs={args.epochs}", "patience=0"],
-                               args.workdir, command, args.threads))
+            save_rows(RESULTS, run_ours(dataset, "sasrec", variant, [*shape, "loss=ce", f"epochs={args.epochs}", "patience=0"],
+                               args.workdir, command, args.threads), markdown)
             print(f"{dataset}: ours done", flush=True)
-            save_rows(run_recbole(dataset, args.epochs, python, Path(tempfile.mkdtemp(dir=args.workdir)), command, args.threads))
+            save_rows(RESULTS, run_recbole(dataset, args.epochs, python, Path(tempfile.mkdtemp(dir=args.workdir)), command, args.threads),
+                      markdown)
             print(f"{dataset}: recbole done", flush=True)
         if args.part in ("converged", "all"):
             for model in args.models:
                 overrides = [f"epochs={args.max_epochs}", f"patience={args.patience}"]
                 if model == "sasrec":
                     overrides += [*shape, "loss=ce"]
-                save_rows(run_ours(dataset, model, "darec-converged", overrides, args.workdir, command, args.threads, args.evaluate_only))
+                save_rows(RESULTS, run_ours(dataset, model, "darec-converged", overrides, args.workdir, command, args.threads,
+                                            args.evaluate_only), markdown)
                 print(f"{dataset}: {model} converged run done", flush=True)
 
 

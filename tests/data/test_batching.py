@@ -27,6 +27,16 @@ def test_every_transition_is_a_target_once_with_context(context: int) -> None:
     assert seen == expected  # each next-item transition exactly once
 
 
+def test_most_recent_windows_only() -> None:
+    sequences = [np.arange(1, 24), np.array([5, 6])]
+    items, skip = training_windows(sequences, max_len=6, context=2, per_sequence=1)
+    assert items.tolist() == [list(range(17, 24)), [5, 6, 0, 0, 0, 0, 0]] and skip.tolist() == [0, 0]
+    all_items, _ = training_windows(sequences, max_len=6, context=2)
+    two, two_skip = training_windows(sequences, max_len=6, context=2, per_sequence=2)
+    assert two.tolist() == [all_items[0].tolist(), all_items[1].tolist(), [5, 6, 0, 0, 0, 0, 0]]
+    assert two_skip.tolist() == [2, 0, 0]
+
+
 def test_pad_trim_and_buckets() -> None:
     items, lengths = pad_right([np.array([1, 2, 3]), np.arange(1, 10)], 4)
     assert items.tolist() == [[1, 2, 3, 0], [6, 7, 8, 9]] and lengths.tolist() == [3, 4]

@@ -39,27 +39,32 @@ class Batch:
         return targets.masked_fill(positions[None, :] < self.skip[:, None], 0)
 
 
-def training_windows(sequences: Sequence[np.ndarray], max_len: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def training_windows(sequences: Sequence[np.ndarray], max_len: int, context: int = 0,
+                     per_sequence: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Cut every training sequence into windows of ``max_len + 1`` items, from the end.
 
     Consecutive windows of one sequence overlap by ``context + 1`` items, and a window
     skips the ``context`` targets the window before it already predicts, so each
     next-item transition is a target exactly once per epoch and, in long sequences, sees
-    at least ``context`` earlier items. Returns (items ``[N, max_len + 1]``, skip ``[N]``).
+    at least ``context`` earlier items. ``per_sequence > 0`` keeps only that many windows
+    of each sequence, the most recent ones (the earliest kept one skips nothing). Returns (items ``[N, max_len + 1]``, skip ``[N]``).
     """
     if not 0 <= context < max_len:
         raise ValueError(f"context must be in [0, max_len), got {context}")
     width = max_len + 1
     windows, skips = [], []
     for seq in sequences:
-        end = len(seq)
-        while end >= 2:
+        end, taken = len(seq), 0
+        while end >= 2 and (per_sequence <= 0 or taken < per_sequence):
+            taken += 1
             start = max(0, end - width)
             windows.append(seq[start:end])
             skips.append(context if start > 0 else 0)
             end = start + 1 + context
             if start == 0:
                 break
+        if taken == per_sequence and skips and skips[-1]:
+            skips[-1] = 0  # no earlier window is kept to predict the skipped targets
     items, _ = pad_right(windows, width)
     return items, np.array(skips, dtype=np.int64)
 

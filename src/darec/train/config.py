@@ -19,6 +19,8 @@ class DataConfig:
     max_len: int = option(50, "Longest history the model reads (most recent items).")
     window_overlap: float = option(0.5, "Share of max_len by which training windows of a long sequence overlap, so early "
                                         "targets in a window still see that much context (0 = none, cheapest).")
+    windows_per_user: int = option(0, "Train on only this many windows of each user's sequence, the most recent ones "
+                                      "(0 = all; 1 = the last max_len items, the budget setting for LLM backbones).")
 
 
 @dataclass

@@ -98,7 +98,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
         self.generator = torch.Generator().manual_seed(t.seed)
         context = int(config.data.window_overlap * config.data.max_len)
-        windows, skip = training_windows(self.dataset.train_sequences(), config.data.max_len, context)
+        windows, skip = training_windows(self.dataset.train_sequences(), config.data.max_len, context, config.data.windows_per_user)
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
         self.valid = self.dataset.split("valid")

@@ -1,0 +1,104 @@
+"""What every benchmark script shares: machine and version facts, a results file that
+several processes may add rows to, and one darec training run turned into flat rows."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from darec.io import atomic_write_json, atomic_write_text
+from darec.train import Trainer, build_config
+from darec.train.run import load_run
+from darec.train.trainer import result_rows, seconds_per_epoch
+
+HERE = Path(__file__).resolve().parent
+METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")
+Row = dict[str, Any]
+
+
+def machine() -> str:
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def versions() -> str:
+    import darec
+
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"numpy {np.__version__}"]
+    for name in ("transformers", "peft"):
+        try:
+            parts.append(f"{name} {__import__(name).__version__}")
+        except ImportError:
+            pass
+    return ", ".join([*parts, f"darec {darec.__version__}"])
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path``, so processes running side by side add rows safely."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def row_key(row: Row) -> tuple:
+    return row["dataset"], row["model"], row["variant"], row["protocol"], row["split"], row.get("exclude_history")
+
+
+def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]], str] | None = None) -> None:
+    """Add rows to a JSON results file, replacing earlier rows with the same key; rewrite
+    its markdown table from all rows."""
+    new_rows = list(new_rows)
+    with locked(path):
+        rows = json.loads(path.read_text()) if path.exists() else []
+        fresh = {row_key(r) for r in new_rows}
+        rows = [r for r in rows if row_key(r) not in fresh] + new_rows
+        atomic_write_json(path, rows)
+        if markdown is not None:
+            atomic_write_text(path.with_suffix(".md"), markdown(rows))
+
+
+def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False) -> list[Row]:
+    """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its
+    result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch."""
+    if (run_dir / "trainer_state.json").exists():
+        trainer = Trainer(None, run_dir, resume=True, progress=False)
+    else:
+        trainer = Trainer(build_config(overrides=overrides), run_dir, progress=False)
+    # fit() ends by evaluating the best weights (at once for a finished run); evaluate_only
+    # reports an unfinished run as it stands.
+    rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model) if evaluate_only else trainer.fit()
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    out = []
+    for r in rows:
+        row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],
+               "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+               "stopped_early": state["finished"] and state["epoch"] < trainer.config.train.epochs,
+               **{m: r[m] for m in METRICS}}
+        if trainer.optimizer is not None:
+            row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
+        out.append(row)
+    return out
