@@ -81,6 +81,13 @@ def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]
             atomic_write_text(path.with_suffix(".md"), markdown(rows))
 
 
+def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iterable[list[str]]) -> str:
+    """A generated markdown page: a title, notes, and one table."""
+    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
 def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False) -> list[Row]:
     """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its
     result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch."""
