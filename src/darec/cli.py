@@ -72,7 +72,7 @@ def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option(help="Model name (sasrec, gru4rec, bert4rec, pop).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (sasrec, gru4rec, bert4rec, pop, darec, e4srec; see `darec config show`).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Named data set, synthetic[-size], or a path.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
