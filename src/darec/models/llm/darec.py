@@ -190,7 +190,7 @@ class DARec(SequentialRecommender):
             semantic_token[rows, packed.semantic_pos[real]] = True
         mask = item_attention_mask(packed.item_index, self.config.mask, semantic_token, packed.text_token)
         positions = torch.arange(packed.ids.size(1), device=items.device)[None]
-        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
         at = torch.arange(b, device=items.device)[:, None]
         semantic = hidden[at, packed.semantic_pos] if packed.semantic_pos is not None else None
         return hidden[at, packed.item_pos], semantic
