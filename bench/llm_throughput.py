@@ -83,7 +83,7 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
     tokens = [int((model._pack(b.items[:, :-1]).item_index >= 0).sum()) for b in batches]
     rates = [n / t for n, t in zip(tokens[args.warmup :], times[args.warmup :])]
     tokens_per_second = statistics.median(rates)
-    params = sum(p.numel() for n, p in model.llm.named_parameters() if "embed" not in n and "lora_" not in n)
+    params = sum(p.numel() for n, p in model.llm.named_parameters() if "embed" not in n and not p.requires_grad)
     peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     return {
         "dataset": args.dataset, "model": "darec", "variant": f"{device.type}:{precision}:{model.llm.config.num_hidden_layers}-layers:batch-{args.batch_size}"

@@ -43,6 +43,10 @@ class SequentialRecommender(nn.Module):
         so checkpoints leave them out."""
         return set()
 
+    def describe(self) -> str:
+        """One line on what the model is made of beyond its config (shown when training starts)."""
+        return ""
+
     def loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError
 

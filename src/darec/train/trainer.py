@@ -95,6 +95,9 @@ class Trainer:
         self.model.prepare(self.dataset)
         self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        total = sum(p.numel() for p in self.model.parameters())
+        self.console.log(f"{config.model.name}: {sum(p.numel() for p in params):,} trainable parameters of {total:,}"
+                         f"{'; ' + self.model.describe() if self.model.describe() else ''}")
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
         self.generator = torch.Generator().manual_seed(t.seed)
         context = int(config.data.window_overlap * config.data.max_len)

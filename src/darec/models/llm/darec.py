@@ -14,8 +14,8 @@ sees only its own item's text, and an auxiliary loss (``lambda_sem``) makes its 
 identify the item among all items, so later items read a summary of each earlier item's
 meaning.
 
-The backbone is adapted with LoRA (peft) on every linear layer of every decoder layer;
-the per-layer adapter plan is the next step (issue 4).
+The backbone is adapted by a layer-wise plan (``plan``: one adapter per decoder layer;
+LoRA on every layer by default); see :mod:`darec.models.llm.adapters`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from darec.config import ConfigError, option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
 from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.llm.adapters import apply_plan, describe_plan
 from darec.models.llm.backbone import load_backbone
 from darec.models.llm.masking import item_attention_mask
 from darec.models.registry import register
@@ -52,9 +53,9 @@ class DARecConfig(ModelConfig):
     cf_run: str = option("", "A trained SASRec run directory to start the collaborative model from (empty = train it jointly from scratch).")
     cf_freeze: bool = option(False, "Keep the collaborative SASRec fixed (with cf_run: pre-trained, then kept in the loop as is).")
     temperature: float = option(0.1, "InfoNCE temperature.")
-    lora_r: int = option(8, "LoRA rank on every linear layer of the backbone.")
-    lora_alpha: int = option(16, "LoRA alpha.")
-    lora_dropout: float = option(0.05, "LoRA dropout.")
+    lora_r: int = option(8, "LoRA rank on every linear layer of every decoder layer, when no plan is given.")
+    plan: list[str] = option([], "Adapter per decoder layer, e.g. [lora:8, houlsby:64, none, ia3, parallel:32] "
+                                 "(empty: lora:<lora_r> on every layer). See darec.models.llm.adapters.")
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in the backward pass (less memory, ~30% slower).")
 
 
@@ -83,8 +84,6 @@ class DARec(SequentialRecommender):
 
     def __init__(self, config: DARecConfig, n_items: int, max_len: int):
         super().__init__(config, n_items, max_len)
-        from peft import LoraConfig, inject_adapter_in_model
-
         c = config
         if c.mask == "semantic" and c.item_input == "id":
             raise ConfigError("model.mask=semantic needs item text: set item_input to text+id or text")
@@ -94,12 +93,9 @@ class DARec(SequentialRecommender):
             enable = getattr(backbone.model, "activation_checkpointing_enable", None) or backbone.model.gradient_checkpointing_enable
             enable({"use_reentrant": False})
         self._encode = backbone.encode  # tokenizer, used once per catalogue in prepare()
-        self.llm = inject_adapter_in_model(
-            LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules="all-linear"),
-            backbone.model.base_model,
-        )
-        for name, param in self.llm.named_parameters():
-            param.requires_grad = "lora_" in name
+        self.llm = backbone.model.base_model
+        self.plan = c.plan or [f"lora:{c.lora_r}"] * len(backbone.layers)
+        apply_plan(self.llm, self.plan)
         hidden = backbone.hidden_size
         self.text = c.item_input != "id"
         self.semantic = c.mask == "semantic"
@@ -114,9 +110,12 @@ class DARec(SequentialRecommender):
         self.user_proj = nn.Linear(hidden, c.cf_hidden)
         self.head = nn.Linear(hidden, n_items + 1)
 
+    def describe(self) -> str:
+        return f"adapter plan by layer: {describe_plan(self.plan)}"
+
     def rebuilt_state_keys(self) -> set[str]:
         # The frozen backbone comes back from its source; only adapters and heads are saved.
-        return {k for k in self.state_dict() if k.startswith("llm.") and "lora_" not in k}
+        return {f"llm.{n}" for n, p in self.llm.named_parameters() if not p.requires_grad}
 
     def prepare(self, dataset: SequenceDataset) -> None:
         """Tokenize every item title once (kept in a buffer, so it is saved with the run),

@@ -1,0 +1,87 @@
+"""What every adapter method shares: the anatomy of a decoder layer, whatever the family,
+and a small registry of methods, each with a typed config."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from darec.config import ConfigError
+from darec.models.llm.backbone import decoder_layers
+
+# Attention and MLP sub-modules of a decoder layer, by family (Llama, Qwen2, Gemma3: self_attn;
+# GPT-2: attn; GPT-NeoX: attention).
+ATTENTION_NAMES = ("self_attn", "attn", "attention")
+MLP_NAMES = ("mlp",)
+# Linear-like module types (GPT-2 uses transformers' Conv1D, a linear layer stored transposed).
+LINEAR_TYPES = ("Linear", "Conv1D")
+
+
+@dataclass
+class LayerAnatomy:
+    index: int
+    name: str  # qualified name inside the model
+    module: nn.Module
+    attention: nn.Module
+    mlp: nn.Module
+    linears: dict[str, nn.Module]  # qualified name -> linear module, inside this layer
+
+    def mlp_linears(self) -> dict[str, nn.Module]:
+        return {n: m for n, m in self.linears.items() if any(m is x for x in self.mlp.modules())}
+
+
+def _child(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
+    for name in names:
+        if isinstance(getattr(layer, name, None), nn.Module):
+            return getattr(layer, name)
+    raise ConfigError(f"cannot find the {what} of {type(layer).__name__}; looked for {', '.join(names)}")
+
+
+def anatomy(model: nn.Module) -> list[LayerAnatomy]:
+    """Each decoder layer of ``model`` with its attention, MLP and linear modules."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for index, layer in enumerate(decoder_layers(model)):
+        prefix = names[id(layer)]
+        linears = {f"{prefix}.{n}": m for n, m in layer.named_modules() if type(m).__name__ in LINEAR_TYPES}
+        out.append(LayerAnatomy(index, prefix, layer, _child(layer, ATTENTION_NAMES, "attention"),
+                                _child(layer, MLP_NAMES, "MLP"), linears))
+    return out
+
+
+# An adapter method: a config dataclass (its first field is set by the ``:value`` of a plan
+# entry), and a function that adds the adapters to a group of layers in one go.
+Apply = Callable[[nn.Module, list[tuple[LayerAnatomy, Any]]], None]
+ADAPTERS: dict[str, tuple[type, Apply]] = {}
+
+
+def register_adapter(name: str, config: type) -> Callable[[Apply], Apply]:
+    def wrap(apply: Apply) -> Apply:
+        ADAPTERS[name] = (config, apply)
+        return apply
+
+    return wrap
+
+
+def parse_entry(entry: str, where: str = "plan") -> tuple[str, Any]:
+    """``"lora:8"`` -> ("lora", LoraSpec(r=8)); ``"none"`` -> ("none", NoneSpec())."""
+    name, _, value = entry.strip().partition(":")
+    if name not in ADAPTERS:
+        raise ConfigError(f"{where}: unknown adapter {name!r}; choose from {', '.join(sorted(ADAPTERS))}")
+    config_cls = ADAPTERS[name][0]
+    fields = dataclasses.fields(config_cls)
+    if not value:
+        return name, config_cls()
+    if not fields:
+        raise ConfigError(f"{where}: {name} takes no size, got {entry!r}")
+    try:
+        size = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: the size in {entry!r} must be an integer") from None
+    if size < 1:
+        raise ConfigError(f"{where}: the size in {entry!r} must be at least 1")
+    return name, config_cls(**{fields[0].name: size})

@@ -1,0 +1,90 @@
+"""LoRA and IA3, through peft, on chosen layers only (each with its own size)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from darec.config import ConfigError, option
+from darec.models.llm.adapters.base import LayerAnatomy, register_adapter
+
+
+@dataclass
+class LoraSpec:
+    r: int = option(8, "LoRA rank.")
+    alpha_per_rank: float = option(2.0, "LoRA alpha as a multiple of the rank (alpha = 2r by default).")
+    dropout: float = option(0.05, "LoRA dropout.")
+
+
+@dataclass
+class IA3Spec:
+    """IA3 scales the attention's keys and values and the MLP's inner activations."""
+
+
+# Key and value projections by family (Llama/Qwen2/Gemma3, GPT-2's fused c_attn, GPT-NeoX's fused query_key_value).
+KEY_VALUE_NAMES = ("k_proj", "v_proj", "c_attn", "query_key_value", "key", "value")
+
+
+def _names_regex(names: list[str]) -> str:
+    # peft matches a string target against the whole module name.
+    return "(" + "|".join(re.escape(n) for n in names) + ")"
+
+
+@register_adapter("lora", LoraSpec)
+def apply_lora(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    by_spec: dict[tuple, list[LayerAnatomy]] = {}
+    for layer, spec in layers:
+        by_spec.setdefault((spec.r, spec.alpha_per_rank, spec.dropout), []).append(layer)
+    for (r, alpha, dropout), group in by_spec.items():
+        targets = [n for layer in group for n in layer.linears]
+        # One adapter name per setting, so layers of different ranks live side by side
+        # (a single setting keeps peft's own name).
+        name = "default" if len(by_spec) == 1 else f"lora_r{r}_a{alpha:g}_d{dropout:g}".replace(".", "_")
+        config = LoraConfig(r=r, lora_alpha=alpha * r, lora_dropout=dropout, target_modules=_names_regex(targets),
+                            fan_in_fan_out=_transposed(group))
+        inject(inject_adapter_in_model, config, model, name)
+
+
+@register_adapter("ia3", IA3Spec)
+def apply_ia3(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
+    from peft import IA3Config, inject_adapter_in_model
+
+    targets, feedforward = [], []
+    for layer, _ in layers:
+        attention = [n for n, m in layer.linears.items() if n.rsplit(".", 1)[-1] in KEY_VALUE_NAMES
+                     and any(m is x for x in layer.attention.modules())]
+        if not attention:
+            raise ConfigError(f"ia3: no key/value projection in {layer.name} (looked for {', '.join(KEY_VALUE_NAMES)})")
+        # The MLP's output projection(s): IA3 scales their input, the inner activations.
+        down = [n for n, m in layer.mlp_linears().items() if _in_features(m) > _out_features(m)]
+        targets += [*attention, *down]
+        feedforward += down
+    config = IA3Config(target_modules=_names_regex(targets), feedforward_modules=_names_regex(feedforward),
+                       fan_in_fan_out=_transposed([layer for layer, _ in layers]))
+    inject(inject_adapter_in_model, config, model, "ia3")
+
+
+def inject(inject_adapter_in_model: Any, config: Any, model: nn.Module, name: str) -> None:
+    with warnings.catch_warnings():
+        # peft warns on a second injection into one model; plans mix methods on purpose.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(config, model, adapter_name=name)
+
+
+def _transposed(layers: list[LayerAnatomy]) -> bool:
+    """GPT-2's Conv1D stores its weight as [in, out]; peft must be told."""
+    return any(type(m).__name__ == "Conv1D" for layer in layers for m in layer.linears.values())
+
+
+def _in_features(m: nn.Module) -> int:
+    return m.in_features if hasattr(m, "in_features") else m.weight.shape[0]  # Conv1D stores [in, out]
+
+
+def _out_features(m: nn.Module) -> int:
+    return m.out_features if hasattr(m, "out_features") else m.weight.shape[1]

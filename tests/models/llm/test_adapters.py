@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from darec.config import ConfigError
+from darec.models.llm.adapters import apply_plan, describe_plan, trainable_parameters
+from darec.models.llm.backbone import TINY
+
+from .test_backbone_and_masking import _families
+
+# Trainable parameters one adapter adds to one layer of the tiny Llama (hidden 64, MLP 128,
+# key/value width 32): LoRA r * (in + out) over q, k, v, o, gate, up, down; IA3 one scale per
+# key, value and MLP inner unit; a bottleneck 2 * 64 * b + b + 64.
+PER_LAYER = {
+    "none": 0,
+    "lora:4": 4 * (128 + 96 + 96 + 128 + 192 + 192 + 192),
+    "lora:2": 2 * 1024,
+    "ia3": 32 + 32 + 128,
+    "houlsby:8": 2 * (2 * 64 * 8 + 8 + 64),
+    "parallel:8": 2 * 64 * 8 + 8 + 64,
+}
+
+
+def _llama(layers: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=100, **{**TINY, "num_hidden_layers": layers})).model.eval()
+
+
+def _out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(inputs_embeds=x).last_hidden_state
+
+
+@pytest.mark.parametrize("entry", sorted(PER_LAYER))
+def test_each_adapter_trains_freezes_the_rest_and_reloads(entry: str) -> None:
+    model = _llama(2)
+    x, target = torch.randn(3, 7, 64), torch.randn(3, 7, 64)
+    before = _out(model, x).detach()
+    apply_plan(model, [entry, entry])
+    trainable, _ = trainable_parameters(model)
+    assert trainable == 2 * PER_LAYER[entry]
+    assert torch.allclose(_out(model, x), before, atol=1e-5)  # a new adapter starts as the identity
+    if entry == "none":
+        return
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.mse_loss(_out(model, x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    # Save the adapters alone and load them into a fresh model with the same plan.
+    model.eval()
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fresh = _llama(2)
+    apply_plan(fresh, [entry, entry])
+    missing, unexpected = fresh.load_state_dict(saved, strict=False)
+    assert not unexpected and all(n not in saved for n in missing)
+    assert torch.allclose(_out(fresh.eval(), x), _out(model, x), atol=1e-6)
+
+
+def test_a_plan_mixing_every_type_applies() -> None:
+    plan = ["none", "lora:4", "ia3", "houlsby:8", "parallel:8", "lora:2"]
+    model = _llama(len(plan))
+    x = torch.randn(2, 5, 64)
+    before = _out(model, x).detach()
+    apply_plan(model, plan)
+    assert trainable_parameters(model)[0] == sum(PER_LAYER[e] for e in plan)
+    assert torch.allclose(_out(model, x), before, atol=1e-5)
+    assert describe_plan(plan) == "0 none | 1 lora:4 | 2 ia3 | 3 houlsby:8 | 4 parallel:8 | 5 lora:2"
+    assert describe_plan(["lora:8"] * 3 + ["none"] * 2) == "0-2 lora:8 | 3-4 none"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "gpt2", "gpt-neox"])
+def test_every_type_works_on_every_family(family: str) -> None:
+    for plan in (["lora:4", "ia3", "houlsby:8"], ["parallel:8", "none", "lora:2"]):
+        model = _families()[family].eval()
+        tokens = torch.randint(3, 300, (2, 6))
+        before = model(tokens).logits.detach()
+        apply_plan(model, plan)
+        out = model(tokens).logits
+        assert torch.allclose(out, before, atol=1e-4)
+        out.square().mean().backward()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert trainable and all(p.grad is not None for p in trainable)
+
+
+def test_bad_plans_are_refused_clearly() -> None:
+    with pytest.raises(ConfigError, match="3 entries for 2 decoder layers"):
+        apply_plan(_llama(2), ["none"] * 3)
+    with pytest.raises(ConfigError, match=r"plan\[1\]: unknown adapter 'lorra'"):
+        apply_plan(_llama(2), ["none", "lorra:8"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        apply_plan(_llama(2), ["lora:x", "none"])
+    with pytest.raises(ConfigError, match="takes no size"):
+        apply_plan(_llama(2), ["ia3:4", "none"])
