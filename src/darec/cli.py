@@ -78,10 +78,65 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written (default runs/<dataset>-<model>-<time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this directory.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="Adapter plan file (a YAML list, or best_plan.yaml from `darec search`).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model; evaluates the best checkpoint on the test split at the end."""
-    _train(config, model, dataset, set_ or [], run_dir, resume, progress)
+    overrides = set_ or []
+    if plan is not None:
+        from darec.search import read_plan
+
+        try:
+            overrides = [*overrides, f"model.plan={read_plan(plan)}"]
+        except (ConfigError, OSError) as exc:
+            _fail(exc)
+    _train(config, model, dataset, overrides, run_dir, resume, progress)
+
+
+@app.command()
+def search(
+    out: Annotated[Path, typer.Argument(help="Search directory (study, trial runs, best_plan.yaml, pictures).")],
+    model: Annotated[Optional[str], typer.Option(help="Model whose adapter plan is searched (darec).")] = "darec",
+    dataset: Annotated[Optional[str], typer.Option(help="Named data set, synthetic[-size], or a path.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
+    trials: Annotated[int, typer.Option(help="Trials in all.")] = 20,
+    budget: Annotated[int, typer.Option(help="Training steps per trial.")] = 200,
+    rungs: Annotated[int, typer.Option(help="Validations per trial (pruning points).")] = 4,
+    sampler: Annotated[str, typer.Option(help="gp (Gaussian process) or tpe.")] = "gp",
+    pruner: Annotated[str, typer.Option(help="halving, median or none.")] = "halving",
+    max_trainable: Annotated[int, typer.Option(help="Cap on trainable parameters (0 = none).")] = 0,
+    groups: Annotated[int, typer.Option(help="Groups of consecutive layers sharing one choice (0 = auto, at most 6).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the search in OUT (its saved settings; --trials may raise the total).")] = False,
+) -> None:
+    """Search the layer-wise adapter plan by Bayesian optimisation on validation NDCG@10."""
+    from darec.search import Search, SearchConfig
+    from darec.train import build_config
+
+    try:
+        if resume:
+            runner = Search.resume(out, console=err)
+            runner.config.trials = max(runner.config.trials, trials)
+        else:
+            values = load_yaml(config) if config else {}
+            overrides = [f"data.dataset={dataset}", *(set_ or [])] if dataset else (set_ or [])
+            run = build_config(values, overrides, model=model, source=str(config or "--set"))
+            settings = SearchConfig(trials=trials, budget=budget, rungs=rungs, sampler=sampler, pruner=pruner,
+                                    max_trainable=max_trainable, groups=groups)
+            runner = Search(run, settings, out, console=err)
+        summary = runner.run(resume=resume)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    if "plan" not in summary:
+        console.print(f"{summary['trials']} trial(s), none completed: no plan yet")
+        return
+    from darec.models.llm.adapters import describe_plan
+
+    console.print(f"best of {summary['trials']} trials: valid NDCG@10 {summary['best_value']:.4f} (trial {summary['best_trial']}, "
+                  f"{summary['trainable_parameters']:,} trainable parameters)")
+    console.print(f"plan: {describe_plan(summary['plan'])}")
+    console.print(f"written to [bold]{out / 'best_plan.yaml'}[/] (train with `darec train --plan {out / 'best_plan.yaml'} ...`); "
+                  f"pictures: {out / 'progress.png'}, {out / 'plans.png'}")
 
 
 @app.command()

@@ -31,6 +31,8 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.")
     grad_clip: float = option(5.0, "Gradient norm clip (0 = off).")
     eval_every: int = option(1, "Validate every N epochs.")
+    steps_per_epoch: int = option(0, "Cap on batches per epoch, each epoch a fresh shuffle (0 = a full pass); with eval_every, "
+                                     "how often to validate in steps (used by the adapter search).")
     patience: int = option(10, "Stop after this many validations without a better valid NDCG@10 (0 = never).")
     seed: int = option(42, "Seed for weights, shuffling, sampling and synthetic data.")
     deterministic: bool = option(False, "Use deterministic algorithms only (slower on GPU).")

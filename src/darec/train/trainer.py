@@ -156,7 +156,9 @@ class Trainer:
         self.model.train()
         t = self.config.train
         total, batches = 0.0, 0
-        for index in bucketed_batches(self.window_lengths, t.batch_size, self.generator):
+        for step, index in enumerate(bucketed_batches(self.window_lengths, t.batch_size, self.generator)):
+            if t.steps_per_epoch and step == t.steps_per_epoch:
+                break
             with autocast(self.device, t.precision):
                 loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
@@ -175,14 +177,17 @@ class Trainer:
         t = self.config.train
         return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size)
 
-    def fit(self, on_epoch_end: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-        """Train to the epoch budget or early stop, then evaluate the best weights. Returns result rows."""
+    def fit(self, on_epoch_end: Callable[[int], None] | None = None, final_evaluation: bool = True) -> list[dict[str, Any]]:
+        """Train to the epoch budget or early stop, then evaluate the best weights (unless
+        ``final_evaluation`` is off, as in a search, which reads validation only). Returns result rows."""
         t = self.config.train
         if self.optimizer is None and self.state["epoch"] == 0:
             # Nothing to train (e.g. most-popular): the prepared model is the final one.
             save_tensors(self.run_dir / BEST, model_state(self.model))
             self.state.update(finished=True)
         steps = (len(self.windows) + t.batch_size - 1) // t.batch_size
+        if t.steps_per_epoch:
+            steps = min(steps, t.steps_per_epoch)
         progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  valid ndcg@10 {task.fields[valid]}"),
@@ -222,6 +227,8 @@ class Trainer:
                     on_epoch_end(epoch)
         self.state["finished"] = True
         atomic_write_json(self.run_dir / STATE, self.state)
+        if not final_evaluation:
+            return []
         load_model_state(self.model, self.run_dir / BEST, self.device)
         rows = result_rows(self.config, self.dataset, self.model, console=self.console)
         for row in rows:

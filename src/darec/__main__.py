@@ -1,0 +1,3 @@
+from darec.cli import app
+
+app(prog_name="darec")

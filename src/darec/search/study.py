@@ -1,0 +1,171 @@
+"""Bayesian optimisation of the layer-wise adapter plan (optuna).
+
+Each trial trains the model with one plan for ``budget`` steps, validating ``rungs``
+times; the objective is the best validation NDCG@10, and a pruner stops weak trials at
+any rung. The study lives in SQLite inside the search directory, so a killed search
+resumes: trials that were running when it died are marked failed and queued again.
+
+    SEARCH_DIR/
+      search.yaml        the run config and the search config
+      study.db           the optuna study
+      trials/trial-N/    one run directory per trial
+      best_plan.yaml     the best plan so far (``darec train --plan`` takes it)
+      progress.png       best-so-far validation NDCG@10 by trial
+      plans.png          the adapter of every layer in every trial
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from darec.config import ConfigError, from_dict, load_yaml, to_dict
+from darec.io import atomic_write_text
+from darec.models.llm.adapters import describe_plan, parse_plan
+from darec.models.llm.backbone import load_backbone
+from darec.search.plots import plot_plans, plot_progress
+from darec.search.space import SearchConfig, layer_groups, plan_from_choices
+from darec.train.config import RunConfig, build_config
+
+STUDY, SETTINGS, BEST_PLAN = "study.db", "search.yaml", "best_plan.yaml"
+
+
+def _sampler(config: SearchConfig):
+    import optuna
+
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=min(5, max(1, config.trials // 3)))
+    if config.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=config.seed)
+    raise ConfigError(f"search.sampler: {config.sampler!r} is not one of 'gp', 'tpe'")
+
+
+def _pruner(config: SearchConfig):
+    import optuna
+
+    if config.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3)
+    if config.pruner == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"search.pruner: {config.pruner!r} is not one of 'halving', 'median', 'none'")
+
+
+class Search:
+    """A plan search in ``out``: ``Search(run, search, out).run()``, or ``Search.resume(out).run()``."""
+
+    def __init__(self, run: RunConfig, search: SearchConfig, out: str | Path, console: Console | None = None):
+        if not hasattr(run.model, "plan"):
+            raise ConfigError(f"model {run.model.name!r} has no adapter plan to search (use darec or e4srec)")
+        self.run_config, self.config, self.out = run, search, Path(out)
+        self.console = console or Console(stderr=True, log_path=False)
+        for i, choice in enumerate(search.choices):
+            parse_plan([choice], 1, f"search.choices[{i}]")
+        backbone = load_backbone(run.model.backbone, run.model.keep_layers or None)
+        self.n_layers = len(backbone.layers)
+        self.groups = layer_groups(self.n_layers, search.groups)
+
+    @classmethod
+    def resume(cls, out: str | Path, console: Console | None = None) -> Search:
+        path = Path(out) / SETTINGS
+        if not path.exists():
+            raise FileNotFoundError(f"{out}: nothing to resume (no {SETTINGS})")
+        values = load_yaml(path)
+        run = build_config(values["run"], source=str(path))
+        return cls(run, from_dict(SearchConfig, values["search"], f"{path}: search"), out, console)
+
+    def _study(self, create: bool):
+        import optuna
+
+        optuna.logging.set_verbosity(logging.WARNING)
+        storage = f"sqlite:///{(self.out / STUDY).resolve()}"
+        if create:
+            if (self.out / STUDY).exists():
+                raise FileExistsError(f"{self.out} already holds a search: resume it with --resume or pick another directory")
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / SETTINGS, yaml.safe_dump(
+                {"run": self.run_config.to_dict(), "search": to_dict(self.config)}, sort_keys=False))
+        return optuna.create_study(study_name="darec-plan", storage=storage, direction="maximize",
+                                   sampler=_sampler(self.config), pruner=_pruner(self.config), load_if_exists=not create)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        import optuna
+
+        study = self._study(create=not resume)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            # Left running by a killed search: fail it and try the same plan again.
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(trial.params)
+            shutil.rmtree(self.out / "trials" / f"trial-{trial.number}", ignore_errors=True)
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        left = self.config.trials - len(study.get_trials(deepcopy=False, states=finished))
+        self.console.log(f"plan search: {self.n_layers} layers in {len(self.groups)} groups, {len(self.config.choices)} "
+                         f"choices each; {left} trial(s) to run of {self.config.trials}")
+        if left > 0:
+            study.optimize(self._objective, n_trials=left, callbacks=[lambda s, t: self._report(s)])
+        return self._report(study)
+
+    def _objective(self, trial) -> float:
+        import optuna
+        from darec.train import Trainer
+
+        choices = [trial.suggest_categorical(f"group_{g}", self.config.choices) for g in range(len(self.groups))]
+        plan = plan_from_choices(choices, self.groups)
+        trial.set_user_attr("plan", plan)
+        steps = max(1, self.config.budget // self.config.rungs)
+        run = build_config(self.run_config.to_dict(), [
+            f"train.epochs={self.config.rungs}", f"train.steps_per_epoch={steps}", "train.eval_every=1", "train.patience=0",
+        ])
+        run.model.plan = plan
+        trainer = Trainer(run, self.out / "trials" / f"trial-{trial.number}", console=self.console, progress=False)
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        trial.set_user_attr("trainable_parameters", trainable)
+        self.console.log(f"trial {trial.number}: {describe_plan(plan)} ({trainable:,} trainable)")
+        if self.config.max_trainable and trainable > self.config.max_trainable:
+            raise optuna.TrialPruned(f"{trainable:,} trainable parameters, over the cap of {self.config.max_trainable:,}")
+
+        def report(epoch: int) -> None:
+            trial.report(trainer.state["history"][-1]["valid"]["ndcg@10"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        trainer.fit(on_epoch_end=report, final_evaluation=False)
+        return float(trainer.state["best"])
+
+    def _report(self, study) -> dict[str, Any]:
+        """Write the best plan and the pictures; return a summary."""
+        import optuna
+
+        trials = [{"number": t.number, "state": t.state.name.lower(), "plan": t.user_attrs.get("plan"),
+                   "value": t.value if t.state == optuna.trial.TrialState.COMPLETE else
+                   (max(t.intermediate_values.values()) if t.intermediate_values else None),
+                   "trainable_parameters": t.user_attrs.get("trainable_parameters")}
+                  for t in study.get_trials(deepcopy=False)]
+        complete = [t for t in trials if t["state"] == "complete"]
+        summary: dict[str, Any] = {"trials": len([t for t in trials if t["state"] in ("complete", "pruned")]),
+                                   "complete": len(complete)}
+        if complete:
+            best = max(complete, key=lambda t: t["value"])
+            summary.update(best_trial=best["number"], best_value=best["value"], plan=best["plan"],
+                           trainable_parameters=best["trainable_parameters"])
+            atomic_write_text(self.out / BEST_PLAN, yaml.safe_dump(
+                {"plan": best["plan"], "valid_ndcg@10": best["value"], "trial": best["number"],
+                 "trainable_parameters": best["trainable_parameters"]}, sort_keys=False))
+        plot_progress(trials, self.out / "progress.png")
+        plot_plans([(t["number"], t["plan"]) for t in trials if t["plan"]], self.config.choices, self.out / "plans.png")
+        return summary
+
+
+def read_plan(path: str | Path) -> list[str]:
+    """A plan from a file: a YAML list, or a mapping with a ``plan`` list (as best_plan.yaml)."""
+    values = yaml.safe_load(Path(path).read_text())
+    plan = values.get("plan") if isinstance(values, dict) else values
+    if not isinstance(plan, list) or not all(isinstance(e, str) for e in plan):
+        raise ConfigError(f"{path}: expected a list of adapter entries (or a mapping with one under 'plan')")
+    return plan

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from darec.config import ConfigError
+from darec.search import Search, layer_groups, plan_from_choices, read_plan
+
+SEARCH = ["--dataset", "synthetic-tiny", "--set", "backbone=tiny", "--set", "item_tokens=4", "--set", "max_len=10",
+          "--trials", "5", "--budget", "6", "--rungs", "2", "--sampler", "tpe"]
+
+
+def test_layer_groups_cover_every_layer_once() -> None:
+    assert [list(g) for g in layer_groups(7, 3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert len(layer_groups(30, 0)) == 6 and len(layer_groups(4, 0)) == 4 and len(layer_groups(2, 5)) == 2
+    assert plan_from_choices(["a", "b", "c"], layer_groups(7, 3)) == ["a"] * 3 + ["b"] * 2 + ["c"] * 2
+
+
+def test_plan_files(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("[lora:8, none]\n")
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump({"plan": ["ia3", "houlsby:8"], "valid_ndcg@10": 0.1}))
+    (tmp_path / "bad.yaml").write_text("plan: 3\n")
+    assert read_plan(tmp_path / "list.yaml") == ["lora:8", "none"]
+    assert read_plan(tmp_path / "best.yaml") == ["ia3", "houlsby:8"]
+    with pytest.raises(ConfigError, match="bad.yaml: expected a list"):
+        read_plan(tmp_path / "bad.yaml")
+
+
+def _finished(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def test_a_killed_search_resumes_and_completes(tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    process = subprocess.Popen([sys.executable, "-m", "darec", "search", str(out), *SEARCH],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _finished(out / "study.db") < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()  # mid-way: between or inside trials
+    process.wait()
+    done_before = _finished(out / "study.db")
+    assert 2 <= done_before < 5, "the search should have been killed part of the way through"
+    summary = Search.resume(out).run(resume=True)
+    assert summary["trials"] == 5 and _finished(out / "study.db") == 5
+    best = yaml.safe_load((out / "best_plan.yaml").read_text())
+    assert len(best["plan"]) == 2 and best["valid_ndcg@10"] == summary["best_value"]
+    assert (out / "progress.png").stat().st_size > 0 and (out / "plans.png").stat().st_size > 0
+    with pytest.raises(FileExistsError, match="already holds a search"):
+        Search(Search.resume(out).run_config, Search.resume(out).config, out).run()
+
+
+def test_parameter_cap_skips_large_plans(tmp_path: Path) -> None:
+    from darec.search import SearchConfig
+    from darec.train import build_config
+
+    run = build_config(overrides=["model=darec", "backbone=tiny", "item_tokens=4", "max_len=10", "dataset=synthetic-tiny"])
+    search = Search(run, SearchConfig(trials=3, budget=4, rungs=1, sampler="tpe", max_trainable=1), tmp_path / "s")
+    summary = search.run()
+    assert summary["trials"] == 3 and summary["complete"] == 0 and not (tmp_path / "s" / "best_plan.yaml").exists()
