@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from darec.config import option
 
-DEFAULT_CHOICES = ["none", "lora:4", "lora:8", "lora:16", "ia3", "houlsby:16", "houlsby:64", "parallel:16", "parallel:64"]
+DEFAULT_CHOICES = ["none", "lora:4", "lora:8", "lora:16", "ia3", "houlsby:16", "houlsby:64", "parallel:16", "parallel:64",
+                   "prefix:10"]
 
 
 @dataclass

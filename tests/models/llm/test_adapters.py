@@ -20,7 +20,9 @@ PER_LAYER = {
     "ia3": 32 + 32 + 128,
     "houlsby:8": 2 * (2 * 64 * 8 + 8 + 64),
     "parallel:8": 2 * 64 * 8 + 8 + 64,
+    "prefix:3": 2 * 2 * 3 * 16,  # keys and values, 2 key/value heads of 16, length 3
 }
+CHANGES_OUTPUT_AT_INIT = {"prefix:3"}  # a prefix takes attention from the start
 
 
 def _llama(layers: int) -> torch.nn.Module:
@@ -40,7 +42,8 @@ def test_each_adapter_trains_freezes_the_rest_and_reloads(entry: str) -> None:
     apply_plan(model, [entry, entry])
     trainable, _ = trainable_parameters(model)
     assert trainable == 2 * PER_LAYER[entry]
-    assert torch.allclose(_out(model, x), before, atol=1e-5)  # a new adapter starts as the identity
+    # A new adapter starts as the identity (but a prefix).
+    assert torch.allclose(_out(model, x), before, atol=1e-5) != (entry in CHANGES_OUTPUT_AT_INIT)
     if entry == "none":
         return
     model.train()
@@ -66,26 +69,29 @@ def test_each_adapter_trains_freezes_the_rest_and_reloads(entry: str) -> None:
 
 
 def test_a_plan_mixing_every_type_applies() -> None:
-    plan = ["none", "lora:4", "ia3", "houlsby:8", "parallel:8", "lora:2"]
+    plan = ["none", "lora:4", "ia3", "houlsby:8", "parallel:8", "lora:2", "prefix:3"]
     model = _llama(len(plan))
     x = torch.randn(2, 5, 64)
-    before = _out(model, x).detach()
     apply_plan(model, plan)
     assert trainable_parameters(model)[0] == sum(PER_LAYER[e] for e in plan)
-    assert torch.allclose(_out(model, x), before, atol=1e-5)
-    assert describe_plan(plan) == "0 none | 1 lora:4 | 2 ia3 | 3 houlsby:8 | 4 parallel:8 | 5 lora:2"
+    assert torch.isfinite(_out(model, x)).all()
+    assert describe_plan(plan) == "0 none | 1 lora:4 | 2 ia3 | 3 houlsby:8 | 4 parallel:8 | 5 lora:2 | 6 prefix:3"
     assert describe_plan(["lora:8"] * 3 + ["none"] * 2) == "0-2 lora:8 | 3-4 none"
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "gpt2", "gpt-neox"])
 def test_every_type_works_on_every_family(family: str) -> None:
-    for plan in (["lora:4", "ia3", "houlsby:8"], ["parallel:8", "none", "lora:2"]):
+    for plan in (["lora:4", "ia3", "houlsby:8"], ["parallel:8", "none", "lora:2"], ["prefix:3", "none", "prefix:2"]):
         model = _families()[family].eval()
         tokens = torch.randint(3, 300, (2, 6))
-        before = model(tokens).logits.detach()
+        before = model(tokens, use_cache=False).logits.detach()
         apply_plan(model, plan)
-        out = model(tokens).logits
-        assert torch.allclose(out, before, atol=1e-4)
+        out = model(tokens, use_cache=False).logits
+        assert torch.allclose(out, before, atol=1e-4) != ("prefix:3" in plan)
+        changed = tokens.clone()
+        changed[:, -1] = (changed[:, -1] + 1) % 300
+        later = model(changed, use_cache=False).logits
+        assert torch.allclose(later[:, :-1], out[:, :-1], atol=1e-5)  # still causal: no token sees a later one
         out.square().mean().backward()
         trainable = [p for p in model.parameters() if p.requires_grad]
         assert trainable and all(p.grad is not None for p in trainable)

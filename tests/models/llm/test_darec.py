@@ -33,10 +33,10 @@ def test_only_adapters_and_heads_train() -> None:
     assert not any(n.startswith("llm.") and "lora_" not in n for n in trainable)  # the backbone is frozen
 
 
-@pytest.mark.parametrize("mask", ["block", "causal", "semantic"])
-def test_later_items_do_not_change_earlier_states(mask: str) -> None:
+@pytest.mark.parametrize("mask,plan", [("block", "[]"), ("causal", "[]"), ("semantic", "[]"), ("block", "[prefix:3, houlsby:8]")])
+def test_later_items_do_not_change_earlier_states(mask: str, plan: str) -> None:
     data = load_dataset("synthetic-tiny")
-    model = _model(f"mask={mask}", n_items=data.n_items).eval()
+    model = _model(f"mask={mask}", f"plan={plan}", n_items=data.n_items).eval()
     model.prepare(data)
     a = torch.tensor([[3, 5, 7, 9, 11]])
     b = torch.tensor([[3, 5, 7, 2, 4]])
@@ -91,7 +91,7 @@ def test_semantic_tokens_read_their_own_item_text_not_its_id(layers: int) -> Non
         _model("mask=semantic", "item_input=id")
 
 
-@pytest.mark.parametrize("plan", ["[lora:8, lora:8]", "[houlsby:8, ia3]", "[parallel:8, none]"])
+@pytest.mark.parametrize("plan", ["[lora:8, lora:8]", "[houlsby:8, ia3]", "[parallel:8, prefix:4]"])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(plan: str) -> None:
     data = load_dataset("synthetic-tiny")
     items, skip = training_windows(data.train_sequences(), 10)

@@ -11,6 +11,7 @@ leaves trainable exactly the parameters the adapters added.
 | ``ia3`` | IA3 on the attention's linears and the MLP's inner activations (peft) |
 | ``houlsby:b`` | sequential bottleneck adapters of size b after the attention and after the MLP |
 | ``parallel:b`` | a bottleneck adapter of size b beside the MLP |
+| ``prefix:p`` | p learned key/value pairs in front of the layer's attention |
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from darec.config import ConfigError
-from darec.models.llm.adapters import bottleneck, peft_methods  # noqa: F401  (they register themselves)
+from darec.models.llm.adapters import bottleneck, peft_methods, prefix  # noqa: F401  (they register themselves)
 from darec.models.llm.adapters.base import ADAPTERS, LayerAnatomy, anatomy, parse_entry, register_adapter
 
 
