@@ -21,6 +21,9 @@ def test_train_evaluate_recommend(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     valid = next(r for r in json.loads((run / "results.json").read_text()) if r["split"] == "valid")
     assert f"{valid['ndcg@10']:.4f}" in result.output  # re-evaluation reproduces the stored figure
+    result = runner.invoke(app, ["evaluate", str(run), "--groups"])
+    assert result.exit_code == 0, result.output
+    assert all(g in result.output for g in ("head-items", "tail-items", "short-users", "long-users"))
 
     items = json.loads((run / "id_map.json").read_text())["items"]
     history = ",".join(items[1:4])

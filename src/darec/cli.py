@@ -32,10 +32,13 @@ def _fail(exc: BaseException) -> None:
 
 def _metrics_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
-    for column in ("split", "protocol", "history", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"):
-        table.add_column(column, justify="right" if "@" in column else "left")
+    grouped = any("group" in row for row in rows)
+    for column in ("split", "protocol", "history", *(("group", "users") if grouped else ()),
+                   "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"):
+        table.add_column(column, justify="right" if "@" in column or column == "users" else "left")
     for row in rows:
-        table.add_row(row["split"], row["protocol"], "excluded" if row["exclude_history"] else "kept",
+        group = (row.get("group", ""), str(row.get("users", ""))) if grouped else ()
+        table.add_row(row["split"], row["protocol"], "excluded" if row["exclude_history"] else "kept", *group,
                       *(f"{row[k]:.4f}" for k in ("hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")))
     return table
 
@@ -159,10 +162,13 @@ def evaluate(
     protocol: Annotated[str, typer.Option(help="full (rank against every item) or sampled (100 negatives).")] = "full",
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     exclude_history: Annotated[Optional[bool], typer.Option(help="Remove seen items from the ranking (default: as trained).")] = None,
+    groups: Annotated[bool, typer.Option(help="Also report head/tail items (by training popularity) and short/long users.")] = False,
+    head_share: Annotated[float, typer.Option(help="With --groups: share of items that are head, of users that are long.")] = 0.2,
 ) -> None:
     """Evaluate the best checkpoint of a run."""
     from darec.data import load_dataset
     from darec.train import evaluate as run_eval, load_run, sample_negatives
+    from darec.train.groups import group_means, user_groups
     from darec.train.run import check_same_data
 
     try:
@@ -175,13 +181,16 @@ def evaluate(
         histories, targets = dataset.split(split)
         negatives = sample_negatives(histories, targets, dataset.n_items, c.train.sampled_negatives, c.train.seed) if protocol == "sampled" else None
         exclude = c.train.exclude_history if exclude_history is None else exclude_history
-        metrics = run_eval(loaded.model, histories, targets, protocol, exclude, negatives, c.train.eval_batch_size)
+        per_user = run_eval(loaded.model, histories, targets, protocol, exclude, negatives, c.train.eval_batch_size, per_user=True)
+        group_rows = group_means(per_user, user_groups(dataset, histories, targets, head_share)) if groups else []
     except USER_ERRORS as exc:
         _fail(exc)
     label = "full" if protocol == "full" else f"sampled{c.train.sampled_negatives}"
-    row = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label,
-           "exclude_history": exclude or protocol == "sampled", **metrics}
-    console.print(_metrics_table([row], f"{c.model.name} on {dataset.name}"))
+    common = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label,
+              "exclude_history": exclude or protocol == "sampled"}
+    rows = [{**common, "group": "all", "users": len(targets), **{k: float(v.mean()) for k, v in per_user.items()}}]
+    rows += [{**common, **r} for r in group_rows]
+    console.print(_metrics_table(rows, f"{c.model.name} on {dataset.name}"))
 
 
 @app.command()
