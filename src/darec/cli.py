@@ -31,15 +31,23 @@ def _fail(exc: BaseException) -> None:
 
 
 def _metrics_table(rows: list[dict], title: str) -> Table:
+    metrics = ("hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")
+    if any("group" in row for row in rows):
+        # One split and protocol, many groups: those go in the title, to keep the table narrow.
+        first = rows[0]
+        table = Table(title=f"{title}: {first['split']}, {first['protocol']}, history "
+                            f"{'excluded' if first['exclude_history'] else 'kept'}")
+        for column in ("group", "users", *metrics):
+            table.add_column(column, justify="left" if column == "group" else "right")
+        for row in rows:
+            table.add_row(row["group"], str(row["users"]), *(f"{row[k]:.4f}" for k in metrics))
+        return table
     table = Table(title=title)
-    grouped = any("group" in row for row in rows)
-    for column in ("split", "protocol", "history", *(("group", "users") if grouped else ()),
-                   "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"):
-        table.add_column(column, justify="right" if "@" in column or column == "users" else "left")
+    for column in ("split", "protocol", "history", *metrics):
+        table.add_column(column, justify="right" if "@" in column else "left")
     for row in rows:
-        group = (row.get("group", ""), str(row.get("users", ""))) if grouped else ()
-        table.add_row(row["split"], row["protocol"], "excluded" if row["exclude_history"] else "kept", *group,
-                      *(f"{row[k]:.4f}" for k in ("hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20")))
+        table.add_row(row["split"], row["protocol"], "excluded" if row["exclude_history"] else "kept",
+                      *(f"{row[k]:.4f}" for k in metrics))
     return table
 
 
@@ -188,7 +196,7 @@ def evaluate(
     label = "full" if protocol == "full" else f"sampled{c.train.sampled_negatives}"
     common = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label,
               "exclude_history": exclude or protocol == "sampled"}
-    rows = [{**common, "group": "all", "users": len(targets), **{k: float(v.mean()) for k, v in per_user.items()}}]
+    rows = [{**common, **({"group": "all", "users": len(targets)} if groups else {}), **{k: float(v.mean()) for k, v in per_user.items()}}]
     rows += [{**common, **r} for r in group_rows]
     console.print(_metrics_table(rows, f"{c.model.name} on {dataset.name}"))
 
