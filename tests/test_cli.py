@@ -106,3 +106,16 @@ def test_search_then_train_with_the_best_plan(tmp_path: Path) -> None:
     assert saved == yaml.safe_load((tmp_path / "s" / "best_plan.yaml").read_text())["plan"]
     result = runner.invoke(app, ["search", str(tmp_path / "s2"), "--model", "sasrec", "--dataset", "synthetic-tiny"])
     assert result.exit_code == 2 and "no adapter plan to search" in result.output
+
+
+def test_embed_writes_a_file_the_data_set_accepts(tmp_path: Path) -> None:
+    from darec.data import load_dataset
+    from darec.models.llm.llmemb import load_item_embeddings
+
+    out = tmp_path / "items.safetensors"
+    result = runner.invoke(app, ["embed", str(out), "--dataset", "synthetic-tiny", "--method", "llm", "--backbone", "tiny",
+                                 "--dim", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_item_embeddings(out, load_dataset("synthetic-tiny")).shape == (40, 4)
+    result = runner.invoke(app, ["embed", str(out), "--dataset", "synthetic-tiny", "--set", "metod=llm"])
+    assert result.exit_code == 2 and "Did you mean 'method'" in result.output

@@ -202,6 +202,35 @@ def evaluate(
 
 
 @app.command()
+def embed(
+    out: Annotated[Path, typer.Argument(help="Item-embedding file to write (safetensors, with the item id map).")],
+    dataset: Annotated[str, typer.Option(help="Named data set or a path.")] = "ml-100k",
+    method: Annotated[str, typer.Option(help="scft (LLMEmb), llm (untuned LLM) or minilm (all-MiniLM-L6-v2).")] = "scft",
+    backbone: Annotated[str, typer.Option(help="LLM for scft / llm.")] = "smollm2",
+    dim: Annotated[int, typer.Option(help="PCA to this many dimensions (0 = keep).")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Other settings: key=value (see EmbedConfig).")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="Folder holding named data sets.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed every item of a data set (LLMEmb's SCFT, the untuned LLM, or MiniLM) into a file
+    that any of our recommenders takes with --set item_embeddings=FILE."""
+    from darec.config import from_dict, parse_override
+    from darec.data import load_dataset
+    from darec.models.llm.backbone import BackboneError
+    from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddings
+
+    try:
+        values = {"method": method, "backbone": backbone, "dim": dim, **dict(parse_override(o) for o in set_ or [])}
+        config = from_dict(EmbedConfig, values, "embed")
+        data = load_dataset(dataset, data_root)
+        table, summary = embed_items(data, config, console=err, progress=progress)
+        save_item_embeddings(out, table, data, **summary)
+    except (*USER_ERRORS, BackboneError) as exc:
+        _fail(exc)
+    console.print(f"{data.n_items} items x {table.size(1)} dimensions ({config.method}) written to [bold]{out}[/]")
+
+
+@app.command()
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     history: Annotated[str, typer.Option(help="Comma-separated original item ids, oldest first.")],

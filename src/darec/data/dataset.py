@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ class SequenceDataset:
     item_ids: list[str]  # internal item id -> original id; item_ids[0] is the padding slot
     item_text: list[str]  # internal item id -> text ("" when none)
     dropped_users: int = 0  # users with fewer than MIN_SEQUENCE interactions, left out
+    # internal item id -> (attribute, value) pairs, where the item table names its columns
+    item_attributes: list[list[tuple[str, str]]] = field(default_factory=list)
 
     @property
     def n_users(self) -> int:
@@ -110,4 +112,5 @@ def build_dataset(raw: RawData, name: str, k: int = 0) -> SequenceDataset:
         item_ids=item_ids,
         item_text=[""] + [raw.item_text.get(i, "") for i in item_ids[1:]],
         dropped_users=short,
+        item_attributes=[[]] + [raw.item_attributes.get(i, []) for i in item_ids[1:]],
     )

@@ -32,11 +32,13 @@ class DataError(ValueError):
 
 @dataclass
 class RawData:
-    """Per-user sequences of original item ids, in time order, and item text."""
+    """Per-user sequences of original item ids, in time order, item text, and, where the
+    item table has named columns, the item's attributes as (column, value) pairs."""
 
     sequences: dict[str, list[str]]
     item_text: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    item_attributes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 USER_COLUMNS = ("user_id", "userid", "user", "reviewerid")
@@ -44,6 +46,8 @@ ITEM_COLUMNS = ("item_id", "itemid", "movieid", "item", "asin", "product_id")
 TIME_COLUMNS = ("timestamp", "time", "unixreviewtime", "ts", "date")
 TEXT_COLUMNS = ("movie_title", "title", "text", "name")
 EXTRA_TEXT_COLUMNS = ("release_year", "year", "genres", "genre", "class", "categories", "brand")
+# How attribute columns read in prompts ("movie title is ..." -> "title is ..."); others: underscores become spaces.
+ATTRIBUTE_NAMES = {"movie_title": "title", "name": "title", "text": "description", "class": "genre", "release_year": "release year"}
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -121,23 +125,27 @@ def _interactions(path: Path, delimiter: str) -> list[tuple[str, str, float]]:
     return rows
 
 
-def _item_text(path: Path, delimiter: str, known_items: set[str]) -> dict[str, str]:
-    """Item text from a table: the title column first, then attribute columns."""
+def _item_text(path: Path, delimiter: str, known_items: set[str]) -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]]:
+    """Item text from a table (the title column first, then attribute columns), and the
+    same as (column, value) attribute pairs."""
     header, body = _read_table(path, delimiter)
     i = _find(header, ITEM_COLUMNS, path, "item")
     title = _find(header, TEXT_COLUMNS, path, "title", required=False)
     extras = [j for j, c in enumerate(header) if _bare(c) in EXTRA_TEXT_COLUMNS]
+    columns = ([title] if title is not None else []) + extras
     texts: dict[str, str] = {}
+    attributes: dict[str, list[tuple[str, str]]] = {}
     for number, fields in body:
         item = fields[i].strip()
         if item in texts:
             raise DataError(path, f"duplicate item id {item!r}", number)
         if item not in known_items:
             raise DataError(path, f"item {item!r} has text but appears in no interaction", number)
-        parts = [fields[title].strip()] if title is not None else []
-        parts += [fields[j].strip().replace("|", ", ") for j in extras if fields[j].strip()]
-        texts[item] = " | ".join(p for p in parts if p)
-    return texts
+        pairs = [(ATTRIBUTE_NAMES.get(_bare(header[j]), _bare(header[j]).replace("_", " ")), fields[j].strip().replace("|", ", "))
+                 for j in columns]
+        attributes[item] = [(key, value) for key, value in pairs if value]
+        texts[item] = " | ".join(value for _, value in attributes[item])
+    return texts, attributes
 
 
 def _all_items(sequences: dict[str, list[str]]) -> set[str]:
@@ -150,16 +158,16 @@ def read_atomic(inter_path: str | Path, item_path: str | Path | None = None) -> 
     sequences = _sequences_from_interactions(_interactions(inter_path, "\t"))
     if item_path is None and inter_path.with_suffix(".item").exists():
         item_path = inter_path.with_suffix(".item")
-    texts = _item_text(Path(item_path), "\t", _all_items(sequences)) if item_path else {}
-    return RawData(sequences, texts, str(inter_path))
+    texts, attributes = _item_text(Path(item_path), "\t", _all_items(sequences)) if item_path else ({}, {})
+    return RawData(sequences, texts, str(inter_path), attributes)
 
 
 def read_csv(ratings_path: str | Path, items_path: str | Path | None = None) -> RawData:
     """CSV with named columns, e.g. MovieLens ``ratings.csv`` (+ ``movies.csv`` for titles)."""
     ratings_path = Path(ratings_path)
     sequences = _sequences_from_interactions(_interactions(ratings_path, ","))
-    texts = _item_text(Path(items_path), ",", _all_items(sequences)) if items_path else {}
-    return RawData(sequences, texts, str(ratings_path))
+    texts, attributes = _item_text(Path(items_path), ",", _all_items(sequences)) if items_path else ({}, {})
+    return RawData(sequences, texts, str(ratings_path), attributes)
 
 
 def read_user_lines(path: str | Path) -> RawData:

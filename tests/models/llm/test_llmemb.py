@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from darec.data import load_dataset
+from darec.data.dataset import build_dataset
+from darec.data.formats import RawData
+from darec.models.llm.llmemb import (
+    EmbedConfig, EmbeddingFileError, augment, contrastive_loss, embed_items, item_attributes, item_prompt,
+    load_item_embeddings, pca, save_item_embeddings,
+)
+
+ATTRS = [("title", "Toy Story"), ("release year", "1995"), ("genre", "Animation, Comedy"), ("brand", "Pixar"), ("x", "y")]
+
+
+def test_prompt_shape_and_value_cut() -> None:
+    prompt = item_prompt(ATTRS[:2] + [("plot", "a" * 150)], "movie", max_chars=100)
+    assert prompt == "The movie item has the following attributes:\ntitle is Toy Story; release year is 1995; plot is " + "a" * 100
+
+
+def test_augmentation_gives_valid_different_views() -> None:
+    rng = np.random.default_rng(0)
+    views = [augment(ATTRS, rng) for _ in range(20)]
+    for view in views:
+        assert len(view) == 3 and len(set(view)) == 3 and set(view) <= set(ATTRS)  # 40% of 5 dropped
+    assert len({tuple(v) for v in views}) > 1
+    assert augment(ATTRS[:1], rng) == ATTRS[:1]  # never empty
+
+
+def test_items_with_free_text_get_its_sentences() -> None:
+    raw = RawData({"u": ["a", "b", "c"]}, {"a": "Sanding roll 80 grit. Industrial & Scientific. PORTER-CABLE."})
+    data = build_dataset(raw, "t")
+    assert item_attributes(data, 1) == [("description", "Sanding roll 80 grit"), ("description", "Industrial & Scientific"),
+                                        ("description", "PORTER-CABLE")]
+
+
+def test_contrastive_loss_on_a_hand_computed_case() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    # cosine logits are the identity; each row: -log(e / (e + 1))
+    expected = math.log(1 + math.exp(-1))
+    assert contrastive_loss(a, b, torch.tensor(0.0)).item() == pytest.approx(expected, rel=1e-6)
+    # a higher inverse temperature sharpens: scale e^1 = e -> -log(e^e / (e^e + 1))
+    assert contrastive_loss(a, b, torch.tensor(1.0)).item() == pytest.approx(math.log(1 + math.exp(-math.e)), rel=1e-6)
+
+
+def test_embedding_file_round_trips_and_refuses_other_data(tmp_path: Path) -> None:
+    data = load_dataset("synthetic-tiny")
+    table = torch.randn(data.n_items + 1, 6)
+    save_item_embeddings(tmp_path / "e.safetensors", table, data, method="test")
+    assert torch.equal(load_item_embeddings(tmp_path / "e.safetensors", data), table)
+    other = load_dataset("synthetic-small")
+    with pytest.raises(EmbeddingFileError, match="made for 39 items"):
+        load_item_embeddings(tmp_path / "e.safetensors", other)
+    data.item_ids[3], data.item_ids[4] = data.item_ids[4], data.item_ids[3]
+    with pytest.raises(EmbeddingFileError, match="row 3"):
+        load_item_embeddings(tmp_path / "e.safetensors", data)
+    (tmp_path / "bad.safetensors").write_text("not a tensor file")
+    with pytest.raises(EmbeddingFileError, match="not an item-embedding file"):
+        load_item_embeddings(tmp_path / "bad.safetensors", data)
+
+
+def test_pca_keeps_the_leading_directions() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(50, 2) @ torch.tensor([[3.0, 0, 0, 0], [0, 1.0, 0, 0]])  # variance in two directions only
+    table = torch.cat([torch.zeros(1, 4), x + 5])
+    reduced = pca(table, 2)
+    assert reduced.shape == (51, 2) and torch.equal(reduced[0], torch.zeros(2))
+    assert torch.allclose(reduced[1:].var(0).sum(), x.var(0).sum(), rtol=1e-4)  # nothing of the variance is lost
+
+
+@pytest.mark.parametrize("method", ["scft", "llm", "minilm"])
+def test_embed_items(method: str) -> None:
+    data = load_dataset("synthetic-tiny")
+    config = EmbedConfig(method=method, backbone="tiny", epochs=2, batch_size=8, lr=1e-3, dim=8)
+    table, summary = embed_items(data, config, progress=False)
+    assert table.shape == (data.n_items + 1, 8) and torch.isfinite(table).all() and torch.equal(table[0], torch.zeros(8))
+    assert len(torch.unique(table[1:], dim=0)) == data.n_items  # every item its own vector
+    if method == "scft":
+        assert summary["scft_steps"] == 2 * math.ceil(data.n_items / 8)
