@@ -59,6 +59,14 @@ def last_state(hidden: Tensor, lengths: Tensor) -> Tensor:
     return hidden[torch.arange(hidden.size(0), device=hidden.device), lengths - 1]
 
 
+def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """Symmetric in-batch InfoNCE between matching rows of ``a`` and ``b``."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    labels = torch.arange(a.size(0), device=a.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 def catalogue_scores(states: Tensor, table: Tensor, bias: Tensor | None = None) -> Tensor:
     """Scores ``[B, n_items + 1]`` of user states against an item table, in float32 even
     under bf16 autocast: bf16 keeps 8 bits of mantissa, and rounded scores tie many items."""

@@ -10,13 +10,15 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.batching import Batch
+from darec.data.dataset import SequenceDataset
 from darec.models.base import SequentialRecommender, catalogue_scores
+from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, prepare_item_table
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
 
 
 @dataclass
-class BERT4RecConfig(TransformerConfig):
+class BERT4RecConfig(TransformerConfig, ItemTableOptions):
     name: str = option("bert4rec", "Model name.")
     dropout: float = option(0.2, "Dropout on embeddings and hidden states.")
     attn_dropout: float = option(0.2, "Dropout on attention weights.")
@@ -33,9 +35,12 @@ class BERT4Rec(SequentialRecommender):
         h = config.hidden_size
         self.mask_token = n_items + 1
         # max_len history items + the mask token that asks for the next one.
-        self.encoder = ItemEncoder(n_items + 2, max_len + 1, config)
+        self.encoder = ItemEncoder(n_items + 2, max_len + 1, config, item_table(config, n_items, n_items + 2, h))
         self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h))
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
+
+    def prepare(self, dataset: SequenceDataset) -> None:
+        prepare_item_table(self, self.encoder.item_embedding, self.config, dataset)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         return catalogue_scores(self.head(hidden), self.encoder.item_embedding.weight[: self.n_items + 1], self.bias)
@@ -55,7 +60,7 @@ class BERT4Rec(SequentialRecommender):
         hidden = self.encoder(window.masked_fill(masked, self.mask_token), causal=False)
         logits = self._logits(hidden[masked])
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, window[masked])
+        return F.cross_entropy(logits, window[masked]) + alignment_loss(self, self.encoder.item_embedding, self.config, window)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         rows = torch.arange(items.size(0), device=items.device)

@@ -10,12 +10,14 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.batching import Batch
+from darec.data.dataset import SequenceDataset
 from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, prepare_item_table
 from darec.models.registry import register
 
 
 @dataclass
-class GRU4RecConfig(ModelConfig):
+class GRU4RecConfig(ModelConfig, ItemTableOptions):
     name: str = option("gru4rec", "Model name.")
     hidden_size: int = option(64, "Item embedding size (and output size).")
     gru_size: int = option(128, "GRU hidden size.")
@@ -31,8 +33,7 @@ class GRU4Rec(SequentialRecommender):
     def __init__(self, config: GRU4RecConfig, n_items: int, max_len: int):
         super().__init__(config, n_items, max_len)
         c = config
-        self.item_embedding = nn.Embedding(n_items + 1, c.hidden_size, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=0.02)
+        self.item_embedding = item_table(c, n_items, n_items + 1, c.hidden_size)
         self.dropout = nn.Dropout(c.dropout)
         self.gru = nn.GRU(c.hidden_size, c.gru_size, c.n_layers, batch_first=True)
         self.out = nn.Linear(c.gru_size, c.hidden_size)
@@ -42,8 +43,13 @@ class GRU4Rec(SequentialRecommender):
         output, _ = self.gru(self.dropout(self.item_embedding(items)))
         return self.out(output)
 
+    def prepare(self, dataset: SequenceDataset) -> None:
+        prepare_item_table(self, self.item_embedding, self.config, dataset)
+
     def loss(self, batch: Batch) -> Tensor:
-        return next_item_loss(self._hidden(batch.items[:, :-1]), batch.next_item_targets(), self.item_embedding.weight, self.config.loss)
+        weight = self.item_embedding.weight
+        loss = next_item_loss(self._hidden(batch.items[:, :-1]), batch.next_item_targets(), weight, self.config.loss)
+        return loss + alignment_loss(self, self.item_embedding, self.config, batch.items)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         return catalogue_scores(last_state(self._hidden(items), lengths), self.item_embedding.weight)

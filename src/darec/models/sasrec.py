@@ -9,13 +9,15 @@ from torch import Tensor
 
 from darec.config import option
 from darec.data.batching import Batch
+from darec.data.dataset import SequenceDataset
 from darec.models.base import SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, prepare_item_table
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
 
 
 @dataclass
-class SASRecConfig(TransformerConfig):
+class SASRecConfig(TransformerConfig, ItemTableOptions):
     name: str = option("sasrec", "Model name.")
     loss: Literal["ce", "bce"] = option("ce", "ce: cross-entropy over all items; bce: original loss, one sampled negative.")
 
@@ -26,11 +28,16 @@ class SASRec(SequentialRecommender):
 
     def __init__(self, config: SASRecConfig, n_items: int, max_len: int):
         super().__init__(config, n_items, max_len)
-        self.encoder = ItemEncoder(n_items + 1, max_len, config)
+        table = item_table(config, n_items, n_items + 1, config.hidden_size)
+        self.encoder = ItemEncoder(n_items + 1, max_len, config, table)
+
+    def prepare(self, dataset: SequenceDataset) -> None:
+        prepare_item_table(self, self.encoder.item_embedding, self.config, dataset)
 
     def loss(self, batch: Batch) -> Tensor:
         hidden = self.encoder(batch.items[:, :-1], causal=True)
-        return next_item_loss(hidden, batch.next_item_targets(), self.encoder.item_embedding.weight, self.config.loss)
+        loss = next_item_loss(hidden, batch.next_item_targets(), self.encoder.item_embedding.weight, self.config.loss)
+        return loss + alignment_loss(self, self.encoder.item_embedding, self.config, batch.items)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         state = last_state(self.encoder(items, causal=True), lengths)

@@ -22,10 +22,11 @@ class TransformerConfig(ModelConfig):
 
 
 class ItemEncoder(nn.Module):
-    def __init__(self, n_tokens: int, max_positions: int, c: TransformerConfig):
+    def __init__(self, n_tokens: int, max_positions: int, c: TransformerConfig, item_embedding: nn.Module | None = None):
         super().__init__()
         hidden, dropout = c.hidden_size, c.dropout
-        self.item_embedding = nn.Embedding(n_tokens, hidden, padding_idx=0)
+        # Learned ID embeddings unless the model passes its own table (LLMEmb's adapted embeddings).
+        self.item_embedding = item_embedding if item_embedding is not None else nn.Embedding(n_tokens, hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(max_positions, hidden)
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(

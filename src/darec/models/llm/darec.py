@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from darec.config import ConfigError, option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
-from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, info_nce, last_state, next_item_loss
 from darec.models.llm.adapters import apply_plan, describe_plan
 from darec.models.llm.backbone import load_backbone
 from darec.models.llm.masking import item_attention_mask
@@ -57,14 +57,6 @@ class DARecConfig(ModelConfig):
     plan: list[str] = option([], "Adapter per decoder layer, e.g. [lora:8, houlsby:64, none, ia3, parallel:32] "
                                  "(empty: lora:<lora_r> on every layer). See darec.models.llm.adapters.")
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in the backward pass (less memory, ~30% slower).")
-
-
-def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    """Symmetric in-batch InfoNCE between matching rows of ``a`` and ``b``."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    logits = a @ b.T / temperature
-    labels = torch.arange(a.size(0), device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 class Packed(NamedTuple):

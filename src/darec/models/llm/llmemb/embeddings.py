@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from darec.data.dataset import SequenceDataset
-from darec.train.checkpoint import save_tensors
+from darec.io import atomic_write
 
 KEY = "item_embeddings"
 
@@ -25,7 +26,21 @@ def save_item_embeddings(path: str | Path, table: torch.Tensor, dataset: Sequenc
     if table.shape[0] != dataset.n_items + 1:
         raise ValueError(f"{table.shape[0]} rows for {dataset.n_items} items (+ padding)")
     metadata = {"item_ids": json.dumps(dataset.item_ids), "dataset": dataset.name, "meta": json.dumps(meta)}
-    save_tensors(Path(path), {KEY: table.detach().float().cpu().contiguous()}, metadata)
+    tensors = {KEY: table.detach().float().cpu().contiguous()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_table(path: str | Path) -> torch.Tensor:
+    """The table of an item-embedding file, unchecked (its ids are checked against a data set by
+    :func:`load_item_embeddings`)."""
+    path = Path(path)
+    if not path.exists():
+        raise EmbeddingFileError(f"{path}: no such item-embedding file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(KEY)
+    except Exception as exc:  # a file safetensors cannot read, or one without the table
+        raise EmbeddingFileError(f"{path}: not an item-embedding file ({exc})") from exc
 
 
 def load_item_embeddings(path: str | Path, dataset: SequenceDataset) -> torch.Tensor:
