@@ -72,14 +72,11 @@ def prepare_item_table(model: nn.Module, table: nn.Module, options: ItemTableOpt
             raise ConfigError("align_run needs item_embeddings (it aligns the adapted LLM embeddings)")
         return
     from darec.models.llm.llmemb.embeddings import load_item_embeddings
-    from darec.train.run import check_same_data, load_run  # import late: the train package builds models
+    from darec.train.run import load_companion  # import late: the train package builds models
 
     load_item_embeddings(options.item_embeddings, dataset)
     if options.align_run:
-        run = load_run(options.align_run, device="cpu")
-        if run.config.model.name != "sasrec":
-            raise ConfigError(f"align_run: {options.align_run} holds a {run.config.model.name} run, not sasrec")
-        check_same_data(options.align_run, dataset)
+        run = load_companion(options.align_run, dataset, "sasrec", "model.align_run")
         target = run.model.encoder.item_embedding.weight.detach()[: dataset.n_items + 1]
         hidden = table.adapter[-1].out_features
         if target.size(1) != hidden:

@@ -75,6 +75,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, field: str) -> LoadedRun:
+    """A finished run another model builds on (e.g. a pre-trained SASRec), on CPU, checked to
+    hold ``model`` trained on ``dataset``; errors name the config ``field`` that pointed to it."""
+    loaded = load_run(Path(run_dir), device="cpu")
+    if loaded.config.model.name != model:
+        raise ConfigError(f"{field}: {run_dir} holds a {loaded.config.model.name} run, not {model}")
+    check_same_data(Path(run_dir), dataset)
+    return loaded
+
+
 def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     """The best model of a finished (or interrupted) run, ready to score."""
     run_dir = Path(run_dir)

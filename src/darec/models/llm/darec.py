@@ -123,13 +123,10 @@ class DARec(SequentialRecommender):
             self.cf.requires_grad_(False)
 
     def _load_cf(self, dataset: SequenceDataset) -> None:
-        from darec.train.run import check_same_data, load_run  # the train package builds models: import late
+        from darec.train.run import load_companion  # the train package builds models: import late
 
         run = self.config.cf_run
-        loaded = load_run(run, device="cpu")
-        if loaded.config.model.name != "sasrec":
-            raise ConfigError(f"model.cf_run: {run} holds a {loaded.config.model.name} run, not sasrec")
-        check_same_data(run, dataset)
+        loaded = load_companion(run, dataset, "sasrec", "model.cf_run")
         try:
             self.cf.load_state_dict(loaded.model.state_dict())
         except RuntimeError as exc:
