@@ -30,8 +30,10 @@ class LayerAnatomy:
     mlp: nn.Module
     linears: dict[str, nn.Module]  # qualified name -> linear module, inside this layer
 
-    def mlp_linears(self) -> dict[str, nn.Module]:
-        return {n: m for n, m in self.linears.items() if any(m is x for x in self.mlp.modules())}
+    def linears_in(self, part: nn.Module) -> dict[str, nn.Module]:
+        """The linear modules of this layer inside ``part`` (its attention or its MLP)."""
+        inside = {id(m) for m in part.modules()}
+        return {n: m for n, m in self.linears.items() if id(m) in inside}
 
 
 def _child(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:

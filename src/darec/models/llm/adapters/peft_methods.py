@@ -57,12 +57,11 @@ def apply_ia3(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
 
     targets, feedforward = [], []
     for layer, _ in layers:
-        attention = [n for n, m in layer.linears.items() if n.rsplit(".", 1)[-1] in KEY_VALUE_NAMES
-                     and any(m is x for x in layer.attention.modules())]
+        attention = [n for n in layer.linears_in(layer.attention) if n.rsplit(".", 1)[-1] in KEY_VALUE_NAMES]
         if not attention:
             raise ConfigError(f"ia3: no key/value projection in {layer.name} (looked for {', '.join(KEY_VALUE_NAMES)})")
         # The MLP's output projection(s): IA3 scales their input, the inner activations.
-        down = [n for n, m in layer.mlp_linears().items() if _in_features(m) > _out_features(m)]
+        down = [n for n, m in layer.linears_in(layer.mlp).items() if _in_features(m) > _out_features(m)]
         targets += [*attention, *down]
         feedforward += down
     config = IA3Config(target_modules=_names_regex(targets), feedforward_modules=_names_regex(feedforward),
