@@ -48,17 +48,26 @@ DAREC_VARIANTS = {
     "id-only": ["model=darec", "item_input=id"],
     "semantic": ["model=darec", "mask=semantic"],
     "e4srec": ["model=e4srec"],
+    "head-items": ["model=darec", "head=items"],
+    "pretrained-cf": ["model=darec", "head=items"],  # plus cf_run: the sasrec-same-data run
 }
 SASREC = ["model=sasrec", "loss=ce", "epochs=200", "patience=10"]
-VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data", "e4srec", "text-only", "id-only", "semantic"]
+VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data", "e4srec", "text-only", "id-only", "semantic",
+            "head-items", "pretrained-cf"]
 
 
-def overrides_for(variant: str, budget: str) -> list[str]:
+def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str) -> Path:
+    return workdir / dataset / f"{'-' if variant == 'sasrec' else budget}-{variant}"
+
+
+def overrides_for(variant: str, budget: str, workdir: Path, dataset: str) -> list[str]:
     if variant == "sasrec":
         return SASREC
     data = [o for o in BUDGETS[budget] if o.split("=")[0] in ("max_len", "window_overlap", "windows_per_user")]
     if variant == "sasrec-same-data":
         return [*SASREC, *data]
+    if variant == "pretrained-cf":
+        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, 'sasrec-same-data', budget)}"]
     return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
 
 
@@ -95,13 +104,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     args = parser.parse_args()
-    for variant in args.variants:
-        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget)]
+    variants = list(args.variants)
+    if "pretrained-cf" in variants and "sasrec-same-data" not in variants[: variants.index("pretrained-cf")]:
+        variants.insert(variants.index("pretrained-cf"), "sasrec-same-data")  # it starts from that run (resumed if done)
+    for variant in variants:
+        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
         budget = "-" if variant == "sasrec" else args.budget
         base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{variant}", "name": variant, "budget": budget,
                 "settings": " ".join(overrides), "machine": machine(), "versions": versions(), "command": command_line()}
-        run_dir = args.workdir / args.dataset / base["variant"].replace(":", "-")
+        run_dir = run_dir_for(args.workdir, args.dataset, variant, args.budget)
         save_rows(args.results, train_rows(run_dir, overrides, base, args.evaluate_only), markdown)
         print(f"{args.dataset} {variant}: done", flush=True)
 

@@ -22,7 +22,7 @@ import yaml
 
 from common import HERE, Row, command_line, machine, markdown_table, save_rows, train_rows, versions
 from darec_accuracy import BUDGETS
-from darec.models.llm.backbone import load_backbone
+from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
 from darec.train import Trainer, build_config
 
@@ -71,7 +71,7 @@ def main() -> None:
     base_overrides = ["model=darec", f"dataset={args.dataset}", f"threads={args.threads}", *BUDGETS[args.budget], *args.extra]
     work = args.workdir / args.dataset / args.budget
     model = build_config(overrides=base_overrides).model
-    n_layers = len(load_backbone(model.backbone, model.keep_layers or None).layers)
+    n_layers = layer_count(model.backbone, model.keep_layers or None)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
     uniform = {"uniform-lora": [f"lora:{args.lora_r}"] * n_layers, "uniform-houlsby": [f"houlsby:{args.houlsby}"] * n_layers}
     cap = trainable([*base_overrides, f"plan={uniform['uniform-lora']}"], work / "uniform-lora")

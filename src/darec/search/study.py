@@ -27,7 +27,7 @@ from rich.console import Console
 from darec.config import ConfigError, from_dict, load_yaml, to_dict
 from darec.io import atomic_write_text
 from darec.models.llm.adapters import describe_plan, parse_plan
-from darec.models.llm.backbone import load_backbone
+from darec.models.llm.backbone import layer_count
 from darec.search.plots import plot_plans, plot_progress
 from darec.search.space import SearchConfig, layer_groups, plan_from_choices
 from darec.train.config import RunConfig, build_config
@@ -67,8 +67,7 @@ class Search:
         self.console = console or Console(stderr=True, log_path=False)
         for i, choice in enumerate(search.choices):
             parse_plan([choice], 1, f"search.choices[{i}]")
-        backbone = load_backbone(run.model.backbone, run.model.keep_layers or None)
-        self.n_layers = len(backbone.layers)
+        self.n_layers = layer_count(run.model.backbone, run.model.keep_layers or None)
         self.groups = layer_groups(self.n_layers, search.groups)
 
     @classmethod

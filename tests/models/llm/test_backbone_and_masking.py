@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from darec.models.llm.backbone import BackboneError, decoder_layers, keep_first_layers, load_backbone
+from darec.models.llm.backbone import BackboneError, decoder_layers, keep_first_layers, layer_count, load_backbone
 from darec.models.llm.masking import item_attention_mask
 
 
@@ -33,6 +33,17 @@ def test_layer_resolver_and_truncation(family: str) -> None:
     assert len(out.hidden_states) == 3  # embeddings + 2 layers: the truncated model really runs 2
     with pytest.raises(BackboneError, match="between 1 and 2"):
         keep_first_layers(model, 5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_layer_count_reads_the_config_alone(family: str, tmp_path) -> None:
+    _families()[family].config.save_pretrained(tmp_path)  # no weights: the count must come from config.json
+    assert layer_count(str(tmp_path)) == 3 and layer_count(f"random:{tmp_path}", 2) == 2
+    assert layer_count("tiny") == len(load_backbone("tiny").layers)
+    with pytest.raises(BackboneError, match="between 1 and 3"):
+        layer_count(str(tmp_path), 4)
+    with pytest.raises(BackboneError, match="cannot read a model config"):
+        layer_count(str(tmp_path / "missing"))
 
 
 def test_tiny_backbone() -> None:

@@ -159,6 +159,26 @@ def test_ablations_build_and_run() -> None:
     assert np.isfinite(e4srec.loss(batch).item())
 
 
+def test_items_head_scores_in_the_collaborative_space() -> None:
+    data = load_dataset("synthetic-tiny")
+    items, skip = training_windows(data.train_sequences(), 10)
+    model = _model("head=items", "lambda_cf=0", n_items=data.n_items)
+    model.prepare(data)
+    assert model.head is None
+    model.loss(Batch(torch.from_numpy(items[:4]), torch.from_numpy(skip[:4]))).backward()
+    # Without the alignment loss only the head reaches the projection and the CF item table's unseen rows.
+    assert model.user_proj.weight.grad.abs().sum() > 0
+    seen = torch.zeros(data.n_items + 1, dtype=torch.bool)
+    seen[torch.from_numpy(items[:4]).flatten()] = True
+    assert model.cf.encoder.item_embedding.weight.grad[~seen].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        history, lengths = torch.tensor([[3, 5, 7]]), torch.tensor([3])
+        state = model._states(history)[0][:, -1]
+        expected = model.user_proj(state) @ model.cf.encoder.item_embedding.weight.T
+        assert torch.allclose(model.score(history, lengths), expected, atol=1e-5)
+
+
 def test_bf16_autocast_trains_and_scores_in_float32() -> None:
     from darec.train.run import autocast
 

@@ -155,12 +155,36 @@ def tiny_backbone(seed: int = 0) -> Backbone:
     return Backbone("tiny", model, tokenizer)
 
 
+def _model_path(source: str) -> str:
+    return str(smollm2_dir()) if source == "smollm2" else source
+
+
+def layer_count(name: str, keep_layers: int | None = None) -> int:
+    """How many decoder layers ``load_backbone(name, keep_layers)`` gives, read from the
+    model's config alone (a plan search needs the count, not the weights)."""
+    if name == "tiny":
+        total = TINY["num_hidden_layers"]
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(_model_path(name.removeprefix(RANDOM))).get_text_config()
+        except (OSError, ValueError) as exc:
+            raise BackboneError(f"cannot read a model config from {name!r}: {exc}") from exc
+        total = next((getattr(config, f) for f in LAYER_COUNT_FIELDS if hasattr(config, f)), None)
+        if total is None:
+            raise BackboneError(f"{name!r}: its config names no layer count ({' or '.join(LAYER_COUNT_FIELDS)})")
+    if keep_layers and not 1 <= keep_layers <= total:
+        raise BackboneError(f"keep_layers must be between 1 and {total}, got {keep_layers}")
+    return keep_layers or total
+
+
 def random_backbone(source: str) -> Backbone:
     """A randomly initialised model shaped like ``source`` (a model directory, a config.json,
     ``smollm2`` or a hub id): what throughput is measured on, without the weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = str(smollm2_dir()) if source == "smollm2" else source
+    path = _model_path(source)
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as exc:
@@ -187,7 +211,7 @@ def load_backbone(name: str = "smollm2", keep_layers: int | None = None, dtype: 
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = str(smollm2_dir()) if name == "smollm2" else name
+        path = _model_path(name)
         try:
             # SDPA takes DARec's 4-D masks and runs fused kernels on CUDA (flash-attention kernels take no such mask).
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")

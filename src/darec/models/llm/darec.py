@@ -53,6 +53,9 @@ class DARecConfig(ModelConfig):
     cf_run: str = option("", "A trained SASRec run directory to start the collaborative model from (empty = train it jointly from scratch).")
     cf_freeze: bool = option(False, "Keep the collaborative SASRec fixed (with cf_run: pre-trained, then kept in the loop as is).")
     temperature: float = option(0.1, "InfoNCE temperature.")
+    head: Literal["linear", "items"] = option(
+        "linear", "linear: a linear layer over the catalogue (as in E4SRec); items: the projected user state "
+                  "dotted with the collaborative SASRec's item embeddings (the space the InfoNCE loss aligns to).")
     lora_r: int = option(8, "LoRA rank on every linear layer of every decoder layer, when no plan is given.")
     plan: list[str] = option([], "Adapter per decoder layer, e.g. [lora:8, houlsby:64, none, ia3, parallel:32] "
                                  "(empty: lora:<lora_r> on every layer). See darec.models.llm.adapters.")
@@ -100,7 +103,7 @@ class DARec(SequentialRecommender):
         self.item_marker = nn.Parameter(torch.randn(hidden) * scale)
         self.semantic_marker = nn.Parameter(torch.randn(hidden) * scale) if self.semantic else None
         self.user_proj = nn.Linear(hidden, c.cf_hidden)
-        self.head = nn.Linear(hidden, n_items + 1)
+        self.head = nn.Linear(hidden, n_items + 1) if c.head == "linear" else None
 
     def describe(self) -> str:
         return f"adapter plan by layer: {describe_plan(self.plan)}"
@@ -184,6 +187,8 @@ class DARec(SequentialRecommender):
         return hidden[at, packed.item_pos], semantic
 
     def _logits(self, states: Tensor) -> Tensor:
+        if self.head is None:
+            return catalogue_scores(self.user_proj(states), self.cf.encoder.item_embedding.weight)
         return catalogue_scores(states, self.head.weight, self.head.bias)
 
     def loss(self, batch: Batch) -> Tensor:
