@@ -18,7 +18,11 @@ Variants (``--variants``): ``darec`` (text + ID spans, block mask, joint SASRec 
 InfoNCE), each switch off (``no-masking``: plain causal attention; ``no-injection``:
 ``lambda_cf=0``, so no alignment and the ID embeddings are learned by the LLM loss alone;
 ``text-only``; ``id-only``), ``semantic`` (mask=semantic and its auxiliary loss),
-``e4srec`` (ID only, causal, no injection), and two SASRec baselines: ``sasrec`` (our
+``e4srec`` (ID only, causal, no injection), ``head-items`` (``head=items``: scores against
+the SASRec's item embeddings instead of a fresh linear layer), ``pretrained-cf``
+(``head=items`` with the SASRec pre-trained first, the ``sasrec-same-data`` run, then kept
+in the loop: ``cf_run``), ``pretrained-cf-frozen`` (the same, kept fixed:
+``cf_freeze``), and two SASRec baselines: ``sasrec`` (our
 default SASRec trained to early stopping on all windows, last 50 items) and
 ``sasrec-same-data`` (the budget's history length and windows).
 
@@ -50,10 +54,12 @@ DAREC_VARIANTS = {
     "e4srec": ["model=e4srec"],
     "head-items": ["model=darec", "head=items"],
     "pretrained-cf": ["model=darec", "head=items"],  # plus cf_run: the sasrec-same-data run
+    "pretrained-cf-frozen": ["model=darec", "head=items", "cf_freeze=true"],  # likewise
 }
+PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen")
 SASREC = ["model=sasrec", "loss=ce", "epochs=200", "patience=10"]
 VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data", "e4srec", "text-only", "id-only", "semantic",
-            "head-items", "pretrained-cf"]
+            "head-items", *PRETRAINED]
 
 
 def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str) -> Path:
@@ -66,7 +72,7 @@ def overrides_for(variant: str, budget: str, workdir: Path, dataset: str) -> lis
     data = [o for o in BUDGETS[budget] if o.split("=")[0] in ("max_len", "window_overlap", "windows_per_user")]
     if variant == "sasrec-same-data":
         return [*SASREC, *data]
-    if variant == "pretrained-cf":
+    if variant in PRETRAINED:
         return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, 'sasrec-same-data', budget)}"]
     return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
 
@@ -105,8 +111,9 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     args = parser.parse_args()
     variants = list(args.variants)
-    if "pretrained-cf" in variants and "sasrec-same-data" not in variants[: variants.index("pretrained-cf")]:
-        variants.insert(variants.index("pretrained-cf"), "sasrec-same-data")  # it starts from that run (resumed if done)
+    first = next((i for i, v in enumerate(variants) if v in PRETRAINED), None)
+    if first is not None and "sasrec-same-data" not in variants[:first]:
+        variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
     for variant in variants:
         overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))

@@ -105,6 +105,12 @@ class DARec(SequentialRecommender):
         self.user_proj = nn.Linear(hidden, c.cf_hidden)
         self.head = nn.Linear(hidden, n_items + 1) if c.head == "linear" else None
 
+    def train(self, mode: bool = True) -> DARec:
+        super().train(mode)
+        if self.config.cf_freeze:
+            self.cf.eval()  # a fixed teacher: its user states carry no dropout noise
+        return self
+
     def describe(self) -> str:
         return f"adapter plan by layer: {describe_plan(self.plan)}"
 
