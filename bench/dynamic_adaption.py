@@ -5,7 +5,8 @@ short budget, trainable parameters capped at those of uniform LoRA), then train 
 plans to convergence under the same settings: the searched plan, uniform LoRA (the cap, so
 the searched plan has no more trainable parameters) and uniform Houlsby. Rows report
 validation and test NDCG@10 / HR@10, trainable parameters and the search's wall time, in
-bench/results/dynamic_adaption.json (markdown beside it). Budgets as in darec_accuracy.py.
+bench/results/dynamic_adaption.json (markdown beside it); the search's two pictures are
+copied beside them. Budgets as in darec_accuracy.py.
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget gpu --trials 30 --search-steps 300
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -103,6 +105,8 @@ def main() -> None:
                          search_best_valid=summary["best_value"])
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
+    for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
+        shutil.copyfile(search_dir / picture, args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}-{picture}")
     (work / "search_summary.yaml").write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
 
 
