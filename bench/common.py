@@ -103,7 +103,8 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     for r in rows:
         row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],
                "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "stopped_early": state["finished"] and state["epoch"] < trainer.config.train.epochs,
+               "stopped_early": state["finished"] and state["epoch"] < trainer.config.train.epochs and "stopped" not in state,
+               "time_limited": state.get("stopped") == "time limit",
                **{m: r[m] for m in METRICS}}
         if trainer.optimizer is not None:
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)

@@ -66,6 +66,11 @@ def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str) -> Path:
     return workdir / dataset / f"{'-' if variant == 'sasrec' else budget}-{variant}"
 
 
+def _llm_only(override: str) -> bool:
+    """Whether an extra override names a setting SASRec lacks (so its runs leave it out)."""
+    return override.split("=")[0].split(".")[-1] in ("gradient_checkpointing", "backbone", "keep_layers", "item_tokens")
+
+
 def overrides_for(variant: str, budget: str, workdir: Path, dataset: str) -> list[str]:
     if variant == "sasrec":
         return SASREC
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "darec_accuracy")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. max_minutes=10)")
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     args = parser.parse_args()
     variants = list(args.variants)
@@ -115,7 +121,8 @@ def main() -> None:
     if first is not None and "sasrec-same-data" not in variants[:first]:
         variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
     for variant in variants:
-        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset)]
+        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset),
+                     *(o for o in args.extra if variant not in ("sasrec", "sasrec-same-data") or not _llm_only(o))]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
         budget = "-" if variant == "sasrec" else args.budget
         base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{variant}", "name": variant, "budget": budget,

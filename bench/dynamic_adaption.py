@@ -29,6 +29,7 @@ from darec.search import Search, SearchConfig
 from darec.train import Trainer, build_config
 
 RESULTS = HERE / "results" / "dynamic_adaption.json"
+PLANS = ["searched", "uniform-lora", "uniform-houlsby"]
 
 
 def trainable(overrides: list[str], run_dir: Path) -> int:
@@ -64,6 +65,9 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8, help="rank of the uniform LoRA plan (the parameter cap)")
     parser.add_argument("--houlsby", type=int, default=64, help="size of the uniform Houlsby plan")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
+    parser.add_argument("--search-minutes", type=float, default=0, help="start no new trial after this many minutes")
+    parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
+                        help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -78,20 +82,27 @@ def main() -> None:
     uniform = {"uniform-lora": [f"lora:{args.lora_r}"] * n_layers, "uniform-houlsby": [f"houlsby:{args.houlsby}"] * n_layers}
     cap = trainable([*base_overrides, f"plan={uniform['uniform-lora']}"], work / "uniform-lora")
 
+    plans, summary, search_seconds = dict(uniform), {}, 0.0
     search_dir = work / "search"
-    start = time.perf_counter()
-    if (search_dir / "study.db").exists():
-        runner = Search.resume(search_dir)
-        summary = runner.run(resume=True)
-    else:
-        runner = Search(build_config(overrides=base_overrides),
-                        SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap), search_dir)
-        summary = runner.run()
-    search_seconds = time.perf_counter() - start  # this invocation's share, if the search was resumed
-    if "plan" not in summary:
-        raise SystemExit("the search completed no trial under the parameter cap")
-    plans = {"searched": summary["plan"], **uniform}
-    for name, plan in plans.items():
+    if "searched" in args.plans:
+        start = time.perf_counter()
+        if (search_dir / "study.db").exists():
+            runner = Search.resume(search_dir)
+            runner.config.minutes = args.search_minutes
+            summary = runner.run(resume=True)
+        else:
+            runner = Search(build_config(overrides=base_overrides),
+                            SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap,
+                                         minutes=args.search_minutes), search_dir)
+            summary = runner.run()
+        search_seconds = time.perf_counter() - start  # this invocation's share, if the search was resumed
+        if "plan" not in summary:
+            raise SystemExit("the search completed no trial under the parameter cap")
+        plans = {"searched": summary["plan"], **uniform}
+        for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
+            shutil.copyfile(search_dir / picture, args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}-{picture}")
+        (work / "search_summary.yaml").write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
+    for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*base_overrides, f"plan={plan}"]
         row = {"dataset": args.dataset, "model": "darec", "variant": f"{args.budget}:{name}", "name": name, "budget": args.budget,
                "plan": json.dumps(plan), "plan_summary": describe_plan(plan), "settings": " ".join(base_overrides),
@@ -105,9 +116,6 @@ def main() -> None:
                          search_best_valid=summary["best_value"])
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
-    for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
-        shutil.copyfile(search_dir / picture, args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}-{picture}")
-    (work / "search_summary.yaml").write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ or a head item. Embedding files and runs are kept in bench/work/llmemb/ and reus
 
 Budgets: ``gpu``: SmolLM2 whole, SCFT 3 epochs, PCA to 128; ``cpu``: the first 4 SmolLM2
 layers, SCFT 1 epoch, PCA to 64. Recommenders: hidden 64, last 50 items, early stopping
-on validation NDCG@10 (patience 5, at most 50 epochs).
+on validation NDCG@10 (patience 5, at most 200 epochs on gpu, 50 on cpu).
 
     python bench/llmemb.py --dataset ml-100k --budget gpu
     taskset -c 0 python bench/llmemb.py --dataset ml-100k --budget cpu --threads 1
@@ -35,7 +35,8 @@ EMBED = {
     "gpu": {"backbone": "smollm2", "keep_layers": 0, "epochs": 3, "dim": 128},
     "cpu": {"backbone": "smollm2", "keep_layers": 4, "epochs": 1, "dim": 64},
 }
-RECOMMENDER = ["hidden_size=64", "max_len=50", "epochs=50", "patience=5"]
+RECOMMENDER = ["hidden_size=64", "max_len=50", "patience=5"]
+EPOCHS = {"gpu": 200, "cpu": 50}  # the cpu cap cut some scientific runs short
 MODELS = ["sasrec", "gru4rec", "bert4rec"]
 SOURCES = ["id", "scft", "llm", "minilm"]
 
@@ -95,13 +96,19 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=SOURCES)
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every recommender run")
     parser.add_argument("--embed-dim", type=int, default=None, help="PCA dimension (default: the budget's)")
+    parser.add_argument("--embed-only", action="store_true", help="only write the embedding files of --sources")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "llmemb")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     work = args.workdir / args.dataset / args.budget
     work.mkdir(parents=True, exist_ok=True)
-    common = [f"dataset={args.dataset}", f"threads={args.threads}", *RECOMMENDER, *args.extra]
+    common = [f"dataset={args.dataset}", f"threads={args.threads}", *RECOMMENDER, f"epochs={EPOCHS[args.budget]}", *args.extra]
+    if args.embed_only:
+        for source in args.sources:
+            if source != "id":
+                print(embedding_file(args.dataset, source, args.budget, work, args.threads, args.embed_dim), flush=True)
+        return
     align = work / "sasrec-id"  # the ID SASRec: a baseline and the alignment target of every RAT run
     for model in args.models:
         for source in args.sources:

@@ -118,6 +118,7 @@ def search(
     pruner: Annotated[str, typer.Option(help="halving, median or none.")] = "halving",
     max_trainable: Annotated[int, typer.Option(help="Cap on trainable parameters (0 = none).")] = 0,
     groups: Annotated[int, typer.Option(help="Groups of consecutive layers sharing one choice (0 = auto, at most 6).")] = 0,
+    minutes: Annotated[float, typer.Option(help="Start no new trial after this many minutes (0 = no limit).")] = 0.0,
     resume: Annotated[bool, typer.Option(help="Continue the search in OUT (its saved settings; --trials may raise the total).")] = False,
 ) -> None:
     """Search the layer-wise adapter plan by Bayesian optimisation on validation NDCG@10."""
@@ -128,12 +129,13 @@ def search(
         if resume:
             runner = Search.resume(out, console=err)
             runner.config.trials = max(runner.config.trials, trials)
+            runner.config.minutes = minutes
         else:
             values = load_yaml(config) if config else {}
             overrides = [f"data.dataset={dataset}", *(set_ or [])] if dataset else (set_ or [])
             run = build_config(values, overrides, model=model, source=str(config or "--set"))
             settings = SearchConfig(trials=trials, budget=budget, rungs=rungs, sampler=sampler, pruner=pruner,
-                                    max_trainable=max_trainable, groups=groups)
+                                    max_trainable=max_trainable, groups=groups, minutes=minutes)
             runner = Search(run, settings, out, console=err)
         summary = runner.run(resume=resume)
     except USER_ERRORS as exc:

@@ -80,3 +80,12 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     other = build_model(config.model, n_items=7, max_len=20)
     with pytest.raises(ValueError, match="model.safetensors: weights do not fit the model"):
         load_model_state(other, tmp_path / "r" / "model.safetensors")
+
+
+def test_time_limit_ends_the_run_with_a_validated_result(tmp_path: Path) -> None:
+    # A limit already spent: one step of the first epoch, then validation, then the result.
+    rows = Trainer(build_config(overrides=[*FAST, "epochs=50", "eval_every=5", "max_minutes=1e-9"]), tmp_path / "r",
+                   progress=False).fit()
+    state = json.loads((tmp_path / "r" / "trainer_state.json").read_text())
+    assert state["finished"] and state["stopped"] == "time limit" and state["epoch"] == 1 and state["best_epoch"] == 1
+    assert "valid" in _history(tmp_path / "r")[0] and {r["split"] for r in rows} == {"valid", "test"}

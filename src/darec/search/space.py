@@ -27,6 +27,8 @@ class SearchConfig:
     groups: int = option(0, "Groups of consecutive layers that share one choice (0 = one per layer up to 6 layers, else 6).")
     choices: list[str] = option(DEFAULT_CHOICES, "Adapters a group may take.")
     seed: int = option(42, "Sampler seed.")
+    minutes: float = option(0.0, "Start no new trial after this many minutes of this invocation (0 = no limit); the "
+                            "trial under way finishes, and a resumed search runs on.")
 
 
 def layer_groups(n_layers: int, groups: int) -> list[range]:

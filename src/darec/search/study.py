@@ -107,7 +107,8 @@ class Search:
         self.console.log(f"plan search: {self.n_layers} layers in {len(self.groups)} groups, {len(self.config.choices)} "
                          f"choices each; {left} trial(s) to run of {self.config.trials}")
         if left > 0:
-            study.optimize(self._objective, n_trials=left, callbacks=[lambda s, t: self._report(s)])
+            study.optimize(self._objective, n_trials=left, timeout=60 * self.config.minutes or None,
+                           callbacks=[lambda s, t: self._report(s)])
         return self._report(study)
 
     def _objective(self, trial) -> float:

@@ -33,6 +33,8 @@ class TrainConfig:
     eval_every: int = option(1, "Validate every N epochs.")
     steps_per_epoch: int = option(0, "Cap on batches per epoch, each epoch a fresh shuffle (0 = a full pass); with eval_every, "
                                      "how often to validate in steps (used by the adapter search).")
+    max_minutes: float = option(0.0, "Stop after this many minutes of training in this process (0 = no limit): the epoch "
+                                "under way ends early and is validated, and the best weights so far are the result.")
     patience: int = option(10, "Stop after this many validations without a better valid NDCG@10 (0 = never).")
     seed: int = option(42, "Seed for weights, shuffling, sampling and synthetic data.")
     deterministic: bool = option(False, "Use deterministic algorithms only (slower on GPU).")

@@ -100,6 +100,7 @@ class Trainer:
                          f"{'; ' + self.model.describe() if self.model.describe() else ''}")
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
         self.generator = torch.Generator().manual_seed(t.seed)
+        self.deadline: float | None = None  # set by fit() from max_minutes
         context = int(config.data.window_overlap * config.data.max_len)
         windows, skip = training_windows(self.dataset.train_sequences(), config.data.max_len, context, config.data.windows_per_user)
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
@@ -157,7 +158,7 @@ class Trainer:
         t = self.config.train
         total, batches = 0.0, 0
         for step, index in enumerate(bucketed_batches(self.window_lengths, t.batch_size, self.generator)):
-            if t.steps_per_epoch and step == t.steps_per_epoch:
+            if (t.steps_per_epoch and step == t.steps_per_epoch) or (step and self._out_of_time()):
                 break
             with autocast(self.device, t.precision):
                 loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
@@ -172,6 +173,9 @@ class Trainer:
                 progress.update(task, advance=1, loss=f"{total / batches:.4f}")
         return total / max(1, batches)
 
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def _validate(self) -> dict[str, float]:
         histories, targets = self.valid
         t = self.config.train
@@ -181,6 +185,7 @@ class Trainer:
         """Train to the epoch budget or early stop, then evaluate the best weights (unless
         ``final_evaluation`` is off, as in a search, which reads validation only). Returns result rows."""
         t = self.config.train
+        self.deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         if self.optimizer is None and self.state["epoch"] == 0:
             # Nothing to train (e.g. most-popular): the prepared model is the final one.
             save_tensors(self.run_dir / BEST, model_state(self.model))
@@ -203,7 +208,7 @@ class Trainer:
                 start = time.perf_counter()
                 loss = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start}
-                if epoch % t.eval_every == 0 or epoch == t.epochs:
+                if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
                     start = time.perf_counter()
                     row["valid"] = self._validate()
                     row["eval_seconds"] = time.perf_counter() - start
@@ -221,6 +226,9 @@ class Trainer:
                 if t.patience and self.state["bad_evals"] >= t.patience:
                     self.console.log(f"early stop: no better valid {SELECT} for {t.patience} validations")
                     self.state["finished"] = True
+                elif self._out_of_time():
+                    self.console.log(f"time limit: stopped after {t.max_minutes:g} minutes")
+                    self.state.update(finished=True, stopped="time limit")
                 atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
                 self._save_checkpoint()
                 if on_epoch_end is not None:
