@@ -81,6 +81,14 @@ def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]
             atomic_write_text(path.with_suffix(".md"), markdown(rows))
 
 
+def epochs_cell(row: Row) -> str:
+    """``epochs (best epoch)``, with a dagger where the run's wall-clock limit stopped it."""
+    return f"{row['epochs']} ({row['best_epoch']}){' †' if row.get('time_limited') else ''}"
+
+
+TIME_LIMITED = "† stopped by its wall-clock limit (max_minutes) before early stopping: not converged."
+
+
 def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iterable[list[str]]) -> str:
     """A generated markdown page: a title, notes, and one table."""
     lines = [f"# {title}", "", *notes, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import HERE, Row, command_line, machine, markdown_table, save_rows, train_rows, versions
+from common import HERE, TIME_LIMITED, Row, epochs_cell, command_line, machine, markdown_table, save_rows, train_rows, versions
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
 BUDGETS = {
@@ -92,7 +92,7 @@ def markdown(rows: list[Row]) -> str:
     cells = []
     for r in sorted(main, key=lambda r: (r["dataset"], r["budget"], order.get(r["name"], 99))):
         valid, excluded = find(r, "valid", False), find(r, "test", True)
-        cells.append([r["dataset"], r["budget"], r["name"], f"{r['epochs']} ({r['best_epoch']})", f"{valid.get('ndcg@10', float('nan')):.4f}",
+        cells.append([r["dataset"], r["budget"], r["name"], epochs_cell(r), f"{valid.get('ndcg@10', float('nan')):.4f}",
                       f"{r['ndcg@10']:.4f}", f"{r['hit@10']:.4f}", f"{excluded.get('ndcg@10', float('nan')):.4f}",
                       f"{r.get('seconds_per_epoch', float('nan')):.0f}"])
     return markdown_table(
@@ -100,7 +100,7 @@ def markdown(rows: list[Row]) -> str:
         ["Full ranking over all items, leave-one-out, history kept in the ranking; selected on validation NDCG@10.",
          "The budget column says which settings ran (see the script's docstring); `cpu` is a reduced budget; `-` is SASRec",
          "with its own defaults (every window, the last 50 items, early stopping). Seconds per epoch were measured with other",
-         "work sharing the machine: not a speed comparison."],
+         "work sharing the machine: not a speed comparison (on `gpu`, about 15 runs shared one H100).", TIME_LIMITED],
         ["dataset", "budget", "variant", "epochs (best)", "valid NDCG@10", "test NDCG@10", "test HR@10",
          "test NDCG@10, history excluded", "s / epoch"], cells)
 

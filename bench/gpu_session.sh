@@ -11,12 +11,13 @@
 #   bash bench/gpu_session.sh start 420       # carry .gpu2: SmolLM2, throughput, launch all benchmarks; wait
 #   bash bench/gpu_session.sh collect 560     # wait, then pack the results into $OUT
 #
-# Every benchmark runs at once on the one GPU (they are small: the GPU time-slices
-# between them), each training run under a wall-clock limit (``max_minutes``), so every
-# row lands inside the lease; rows say when a run was stopped by the limit (time_limited).
+# The benchmarks share the one GPU in two pools (LLM runs, LLM_JOBS at once; recommender
+# runs, REC_JOBS at once), each LLM run under a wall-clock limit (``max_minutes``: MINUTES,
+# DYN_MINUTES), so its row lands inside the lease; rows say when the limit stopped a run
+# (time_limited). Results and logs gather in /tmp/res; collect brings them back.
 set -u
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 DAREC_DATA=/tmp/gpu/data DAREC_CACHE=/tmp/cache
-RES=/tmp/res WORK=/tmp/work
+RES=${RES:-/tmp/res} WORK=${WORK:-/tmp/work}
 LOGS=$RES/logs
 
 pack() {  # results, logs and each run's small files (no weights) into $OUT
@@ -24,6 +25,42 @@ pack() {  # results, logs and each run's small files (no weights) into $OUT
      | tar czf "$OUT/res.tgz" res -T -)
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   grep -h -E "done|Error|error|Traceback|time limit|early stop" $LOGS/*.log | tail -40
+}
+
+# The LLM runs, most wanted first. A lease of 30 minutes held 15 of them at once (5-6 GB each with
+# checkpointing): the GPU ran out of memory and each got a few epochs; hence a pool of LLM_JOBS.
+jobs_llm() {
+  local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
+    --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128"
+  local dyn="python3 bench/dynamic_adaption.py --dataset scientific --budget gpu --threads 1 --workdir $WORK/dynamic_adaption
+    --results $RES/dynamic_adaption.json --set head=items max_minutes=${DYN_MINUTES:-6} gradient_checkpointing=true eval_batch_size=128"
+  for v in darec no-masking no-injection; do
+    echo "acc-ml-$v" $acc --dataset ml-100k --variants $v
+    echo "acc-sci-$v" $acc --dataset scientific --variants $v
+  done
+  echo dyn-search $dyn --plans searched --trials 12 --search-steps 100 --search-minutes ${DYN_MINUTES:-6}
+  echo dyn-uniform "sleep 20;" $dyn --plans uniform-lora uniform-houlsby  # after the search counted the cap in uniform-lora/
+  for v in text-only id-only head-items; do
+    echo "acc-ml-$v" $acc --dataset ml-100k --variants $v
+    echo "acc-sci-$v" $acc --dataset scientific --variants $v
+  done
+}
+
+# The recommender runs (small on the GPU, bound by the CPU): the SASRec baselines, then LLMEmb.
+jobs_rec() {
+  local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json"
+  echo acc-ml-sasrec $acc --dataset ml-100k --variants sasrec-same-data
+  echo acc-sci-sasrec $acc --dataset scientific --variants sasrec-same-data
+  for ds in ml-100k scientific; do
+    local e="python3 bench/llmemb.py --dataset $ds --budget gpu --threads 1 --workdir $WORK/llmemb --results $RES/llmemb.json"
+    # The ID runs first (SASRec first: every RAT run aligns to it) beside the LLM embeddings, then one job a source.
+    echo emb-$ds-id $e --sources id
+    echo emb-$ds-embed $e --embed-only --sources scft llm
+    for s in scft llm minilm; do
+      echo emb-$ds-$s "until [ -e $WORK/llmemb/$ds/gpu/sasrec-id/results.json ] && [ -e $WORK/llmemb/$ds/gpu/llm.safetensors ];" \
+        "do sleep 5; done;" $e --sources $s
+    done
+  done
 }
 
 case $1 in
@@ -43,34 +80,23 @@ start)
   for ds in ml-100k scientific; do mkdir -p $WORK/llmemb/$ds/gpu && cp /tmp/gpu/minilm/$ds.safetensors $WORK/llmemb/$ds/gpu/minilm.safetensors; done
   # Throughput first, alone on the GPU: the DARec gpu budget's shape, with and without checkpointing.
   for ckpt in "" --gradient-checkpointing; do
-    python3 bench/llm_throughput.py --devices cuda --batch-size 32 --max-len 50 --item-tokens 16 --steps 10 --warmup 3 \
-      $ckpt --results $RES/llm_throughput.json 2>&1 | tail -4
+    python3 bench/llm_throughput.py --devices cuda --dataset ml-100k --batch-size 32 --max-len 50 --item-tokens 16 \
+      --steps 10 --warmup 3 $ckpt --results $RES/llm_throughput.json >>$LOGS/throughput.log 2>&1
+    tail -3 $LOGS/throughput.log
   done
-  bg() { local name=$1; shift; setsid nohup "$@" >$LOGS/$name.log 2>&1 < /dev/null & }
-  LLM=(--budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
-       --set max_minutes=12 gradient_checkpointing=true eval_batch_size=128)
-  bg acc-ml-sasrec python3 bench/darec_accuracy.py --dataset ml-100k --variants sasrec-same-data "${LLM[@]}"
-  bg acc-sci-sasrec python3 bench/darec_accuracy.py --dataset scientific --variants sasrec-same-data "${LLM[@]}"
-  for v in darec no-masking no-injection; do bg acc-ml-$v python3 bench/darec_accuracy.py --dataset ml-100k --variants $v "${LLM[@]}"; done
-  for v in darec no-masking no-injection text-only id-only head-items; do
-    bg acc-sci-$v python3 bench/darec_accuracy.py --dataset scientific --variants $v "${LLM[@]}"
-  done
-  DYN=(--dataset scientific --budget gpu --threads 1 --workdir $WORK/dynamic_adaption --results $RES/dynamic_adaption.json
-       --set head=items max_minutes=6 gradient_checkpointing=true eval_batch_size=128)
-  bg dyn-search python3 bench/dynamic_adaption.py "${DYN[@]}" --plans searched --trials 12 --search-steps 100 --search-minutes 6
-  sleep 20  # the search process counts the cap in uniform-lora/ first
-  bg dyn-uniform python3 bench/dynamic_adaption.py "${DYN[@]}" --plans uniform-lora uniform-houlsby
-  for ds in ml-100k scientific; do
-    E="--dataset $ds --budget gpu --threads 1 --workdir $WORK/llmemb --results $RES/llmemb.json --set max_minutes=3"
-    # The ID runs (SASRec first: every RAT run aligns to it) beside the LLM embeddings; then one process a source.
-    bg emb-$ds-id python3 bench/llmemb.py $E --sources id
-    bg emb-$ds bash -c "python3 bench/llmemb.py $E --embed-only --sources scft llm || exit 1
-      until [ -e $WORK/llmemb/$ds/gpu/sasrec-id/results.json ]; do sleep 5; done
-      for s in scft llm minilm; do python3 bench/llmemb.py $E --sources \$s >$LOGS/emb-$ds-\$s.log 2>&1 & done; wait"
-  done
+  jobs_llm >$RES/jobs-llm.txt && jobs_rec >$RES/jobs-rec.txt
+  setsid nohup bash bench/gpu_session.sh pool ${LLM_JOBS:-6} $RES/jobs-llm.txt >$LOGS/pool-llm.log 2>&1 </dev/null &
+  setsid nohup bash bench/gpu_session.sh pool ${REC_JOBS:-6} $RES/jobs-rec.txt >$LOGS/pool-rec.log 2>&1 </dev/null &
   sleep "${2:-0}"; pack
   ;;
 collect)
   sleep "${2:-0}"; pack
+  ;;
+pool)  # pool P FILE: run FILE's "name command..." lines in order, at most P at once
+  while read -r name cmd; do
+    while [ "$(jobs -rp | wc -l)" -ge "$2" ]; do wait -n; done
+    bash -c "$cmd" >$LOGS/$name.log 2>&1 </dev/null &
+  done <"$3"
+  wait
   ;;
 esac

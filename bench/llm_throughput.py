@@ -68,6 +68,10 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
     windows, skip = training_windows(data.train_sequences(), args.max_len)
     full = (windows > 0).sum(1) == args.max_len + 1  # full-length windows: every batch the same shape
     windows, skip = torch.from_numpy(windows[full]), torch.from_numpy(skip[full])
+    needed = args.batch_size * (args.warmup + args.steps)
+    if len(windows) < needed:
+        raise SystemExit(f"{args.dataset} has {len(windows)} windows of {args.max_len + 1} items; batch size x steps needs "
+                         f"{needed}: pick a data set with longer sequences (ml-100k) or a shorter --max-len")
     precision = "bf16" if device.type == "cuda" else "fp32"
     batches = [Batch(windows[i : i + args.batch_size], skip[i : i + args.batch_size]).to(device)
                for i in range(0, args.batch_size * (args.warmup + args.steps), args.batch_size)]
