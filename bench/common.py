@@ -20,7 +20,7 @@ import torch
 from darec.io import atomic_write_json, atomic_write_text
 from darec.train import Trainer, build_config
 from darec.train.run import load_run
-from darec.train.trainer import result_rows, seconds_per_epoch
+from darec.train.trainer import RESUME_KEYS, result_rows, seconds_per_epoch
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")
@@ -100,7 +100,9 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its
     result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch."""
     if (run_dir / "trainer_state.json").exists():
-        trainer = Trainer(None, run_dir, resume=True, progress=False)
+        # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
+        budget = [o for o in overrides if o.split("=")[0].split(".")[-1] in RESUME_KEYS]
+        trainer = Trainer(None, run_dir, resume=True, progress=False, overrides=budget)
     else:
         trainer = Trainer(build_config(overrides=overrides), run_dir, progress=False)
     # fit() ends by evaluating the best weights (at once for a finished run); evaluate_only

@@ -42,6 +42,11 @@ def test_resume_from_the_command_line(tmp_path: Path) -> None:
     assert runner.invoke(app, ["train", "--dataset", "synthetic-tiny", "--run-dir", str(run), *FAST]).exit_code == 0
     result = runner.invoke(app, ["train", "--resume", str(run), "--no-progress"])
     assert result.exit_code == 0, result.output  # a finished run resumes to the same results
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "epochs=3", "--no-progress"])
+    assert result.exit_code == 0 and "continuing after epoch 2" in result.output, result.output
+    assert json.loads((run / "trainer_state.json").read_text())["epoch"] == 3
+    result = runner.invoke(app, ["train", "--resume", str(run), "--model", "gru4rec"])
+    assert result.exit_code == 2 and "own settings" in result.output
 
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:

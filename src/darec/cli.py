@@ -63,7 +63,10 @@ def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[
     try:
         if resume is not None:
             run_dir = resume
-            trainer = Trainer(None, resume, resume=True, console=err, progress=progress)
+            if model or dataset or config_path:
+                _fail(ConfigError("--resume continues a run with its own settings: drop --model, --dataset and --config "
+                                  "(--set may extend the budget: epochs, patience, max_minutes)"))
+            trainer = Trainer(None, resume, resume=True, console=err, progress=progress, overrides=overrides)
         else:
             values = load_yaml(config_path) if config_path else {}
             if dataset:
@@ -88,7 +91,8 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written (default runs/<dataset>-<model>-<time>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this directory.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory: an interrupted one, or a finished one with "
+                                                    "a larger budget (--set epochs=N, patience=N or max_minutes=M).")] = None,
     plan: Annotated[Optional[Path], typer.Option(help="Adapter plan file (a YAML list, or best_plan.yaml from `darec search`).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from darec.config import ConfigError
 from darec.train import Trainer, build_config
 from darec.train.run import load_run
 
@@ -89,3 +90,16 @@ def test_time_limit_ends_the_run_with_a_validated_result(tmp_path: Path) -> None
     state = json.loads((tmp_path / "r" / "trainer_state.json").read_text())
     assert state["finished"] and state["stopped"] == "time limit" and state["epoch"] == 1 and state["best_epoch"] == 1
     assert "valid" in _history(tmp_path / "r")[0] and {r["split"] for r in rows} == {"valid", "test"}
+
+
+def test_a_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:
+    whole = Trainer(build_config(overrides=[*FAST, "epochs=4"]), tmp_path / "whole", progress=False).fit()
+    Trainer(build_config(overrides=[*FAST, "epochs=2"]), tmp_path / "r", progress=False).fit()
+    # Resumed as it is, a finished run stays finished.
+    Trainer(None, tmp_path / "r", resume=True, progress=False).fit()
+    assert json.loads((tmp_path / "r" / "trainer_state.json").read_text())["epoch"] == 2
+    extended = Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=4"]).fit()
+    assert extended == whole and _history(tmp_path / "r") == _history(tmp_path / "whole")
+    assert load_run(tmp_path / "r").config.train.epochs == 4
+    with pytest.raises(ConfigError, match="model.hidden_size"):
+        Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["hidden_size=32"])

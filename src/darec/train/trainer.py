@@ -22,11 +22,15 @@ from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
 from darec.io import atomic_write_json, atomic_write_text
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
-from darec.train.config import RunConfig
+from darec.config import ConfigError
+from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import evaluate, evaluate_many, sample_negatives
 from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, autocast, check_same_data, read_config, resolve_device
 
 SELECT = "ndcg@10"
+# What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
+BUDGET_KEYS = ("epochs", "patience", "max_minutes")
+RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "eval_batch_size")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -72,14 +76,17 @@ class Trainer:
     """Trains ``config`` into ``run_dir``; ``resume=True`` continues from the last checkpoint there."""
 
     def __init__(self, config: RunConfig | None, run_dir: str | Path, resume: bool = False,
-                 dataset: SequenceDataset | None = None, console: Console | None = None, progress: bool = True):
+                 dataset: SequenceDataset | None = None, console: Console | None = None, progress: bool = True,
+                 overrides: list[str] = ()):
+        """``overrides`` (with ``resume``) extend a run's budget, e.g. ``epochs=200`` for a run that
+        hit its epoch cap: only the train keys in RESUME_KEYS may change."""
         self.run_dir = Path(run_dir)
         self.console = console or Console(stderr=True, log_path=False)
         self.show_progress = progress
         if resume:
             if not (self.run_dir / STATE).exists():
                 raise FileNotFoundError(f"{self.run_dir}: nothing to resume (no {STATE})")
-            config = read_config(self.run_dir)
+            config, extended = self._resumed_config(list(overrides))
         elif config is None:
             raise ValueError("a config is needed for a new run")
         elif (self.run_dir / STATE).exists():
@@ -110,10 +117,37 @@ class Trainer:
                                       "history": [], "finished": False, "checkpoint": None}
         if resume:
             self._restore()
+            if extended and self.state["finished"] and self.optimizer is not None:
+                self._reopen()
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
             self.dataset.save_id_map(self.run_dir / ID_MAP)
+
+    def _resumed_config(self, overrides: list[str]) -> tuple[RunConfig, bool]:
+        """The run's saved config with ``overrides``, and whether they changed its budget."""
+        config = read_config(self.run_dir)
+        if not overrides:
+            return config, False
+        new = build_config(config.to_dict(), overrides, source="--set")
+        old, changed = config.to_dict(), new.to_dict()
+        diff = [f"{s}.{k}" for s in changed for k in changed[s] if changed[s][k] != old[s].get(k)]
+        refused = [d for d in diff if d.split(".")[0] != "train" or d.split(".")[1] not in RESUME_KEYS]
+        if refused:
+            raise ConfigError(f"--set {', '.join(refused)}: a resumed run keeps its settings (only train."
+                              f"{', train.'.join(RESUME_KEYS)} may change); start a new run instead")
+        if diff:
+            atomic_write_text(self.run_dir / CONFIG, new.to_yaml())
+        return new, any(d.split(".")[1] in BUDGET_KEYS for d in diff)
+
+    def _reopen(self) -> None:
+        """Let a finished run go on when its new budget allows more epochs than it stopped at."""
+        t, state = self.config.train, self.state
+        if state["epoch"] < t.epochs and not (t.patience and state["bad_evals"] >= t.patience):
+            state.update(finished=False)
+            state.pop("stopped", None)
+            self.console.log(f"{self.run_dir}: continuing after epoch {state['epoch']} (at most {t.epochs} epochs, "
+                             f"patience {t.patience or 'off'})")
 
     # -- checkpoints -------------------------------------------------------------------------
 
