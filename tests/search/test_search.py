@@ -70,3 +70,16 @@ def test_parameter_cap_skips_large_plans(tmp_path: Path) -> None:
     search = Search(run, SearchConfig(trials=3, budget=4, rungs=1, sampler="tpe", max_trainable=1), tmp_path / "s")
     summary = search.run()
     assert summary["trials"] == 3 and summary["complete"] == 0 and not (tmp_path / "s" / "best_plan.yaml").exists()
+
+
+def test_a_plan_seen_before_is_not_trained_again(tmp_path: Path) -> None:
+    from darec.search import SearchConfig
+    from darec.train import build_config
+
+    run = build_config(overrides=["model=darec", "backbone=tiny", "item_tokens=4", "max_len=10", "dataset=synthetic-tiny"])
+    # One group and one choice: every trial proposes the same plan.
+    search = Search(run, SearchConfig(trials=3, budget=4, rungs=1, sampler="tpe", pruner="none", groups=1, choices=["lora:4"]),
+                    tmp_path / "s")
+    summary = search.run()
+    assert summary["trials"] == 3 and summary["complete"] == 3
+    assert [p.name for p in (tmp_path / "s" / "trials").iterdir()] == ["trial-0"]

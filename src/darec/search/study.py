@@ -118,6 +118,15 @@ class Search:
         choices = [trial.suggest_categorical(f"group_{g}", self.config.choices) for g in range(len(self.groups))]
         plan = plan_from_choices(choices, self.groups)
         trial.set_user_attr("plan", plan)
+        # Samplers re-propose plans they have seen (the GP sampler does, near its optimum): reuse, do not retrain.
+        for past in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                   optuna.trial.TrialState.PRUNED)):
+            if past.params == trial.params:
+                trial.set_user_attr("same_as", past.number)
+                self.console.log(f"trial {trial.number}: {describe_plan(plan)}, as trial {past.number}: not trained again")
+                if past.state == optuna.trial.TrialState.PRUNED:
+                    raise optuna.TrialPruned(f"the plan of pruned trial {past.number}")
+                return float(past.value)
         steps = max(1, self.config.budget // self.config.rungs)
         run = build_config(self.run_config.to_dict(), [
             f"train.epochs={self.config.rungs}", f"train.steps_per_epoch={steps}", "train.eval_every=1", "train.patience=0",

@@ -84,11 +84,15 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise BackboneError(f"cannot find the decoder layers of {type(model).__name__}; looked at {', '.join(LAYER_PATHS)}")
 
 
+def _check_keep(n: int, total: int) -> None:
+    if not 1 <= n <= total:
+        raise BackboneError(f"keep_layers must be between 1 and {total}, got {n}")
+
+
 def keep_first_layers(model: nn.Module, n: int) -> None:
     """Truncate the model to its first ``n`` decoder layers (and say so in its config)."""
     layers = decoder_layers(model)
-    if not 1 <= n <= len(layers):
-        raise BackboneError(f"keep_layers must be between 1 and {len(layers)}, got {n}")
+    _check_keep(n, len(layers))
     path = next(p for p in LAYER_PATHS if _resolve(model, p) is layers)
     parent_path, _, attr = path.rpartition(".")
     setattr(_resolve(model, parent_path) if parent_path else model, attr, nn.ModuleList(list(layers)[:n]))
@@ -174,8 +178,8 @@ def layer_count(name: str, keep_layers: int | None = None) -> int:
         total = next((getattr(config, f) for f in LAYER_COUNT_FIELDS if hasattr(config, f)), None)
         if total is None:
             raise BackboneError(f"{name!r}: its config names no layer count ({' or '.join(LAYER_COUNT_FIELDS)})")
-    if keep_layers and not 1 <= keep_layers <= total:
-        raise BackboneError(f"keep_layers must be between 1 and {total}, got {keep_layers}")
+    if keep_layers:
+        _check_keep(keep_layers, total)
     return keep_layers or total
 
 
