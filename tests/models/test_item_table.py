@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from darec.config import ConfigError
 from darec.data import load_dataset
@@ -72,7 +73,7 @@ def test_alignment_with_a_pretrained_sasrec_and_a_run_round_trip(tmp_path: Path,
     overrides = ["model=sasrec", *base, f"item_embeddings={embedding_file}", f"align_run={tmp_path / 'cf'}", "align_weight=1"]
     trainer = Trainer(build_config(overrides=overrides), tmp_path / "rat", progress=False)
     items = torch.from_numpy(training_windows(trainer.dataset.train_sequences(), 10)[0][:8])
-    aligned = alignment_loss(trainer.model, trainer.model.encoder.item_embedding, trainer.model.config, items)
+    aligned = alignment_loss(trainer.model.encoder.item_embedding, trainer.model.config, items)
     assert aligned.item() > 0 and aligned.requires_grad
     trainer.fit()
     loaded = load_run(tmp_path / "rat")
@@ -80,6 +81,14 @@ def test_alignment_with_a_pretrained_sasrec_and_a_run_round_trip(tmp_path: Path,
     args = [torch.from_numpy(a) for a in pad_right(histories[:8], 10)]
     with torch.no_grad():
         assert torch.allclose(trainer.model.eval().score(*args), loaded.model.score(*args))
+    # The target is saved with the run: a later change to the align run does not reach it.
+    target = loaded.model.encoder.item_embedding.align_target.clone()
+    assert torch.equal(target, load_run(tmp_path / "cf").model.encoder.item_embedding.weight.detach())
+    changed = {k: v + 1 for k, v in load_file(tmp_path / "cf" / "model.safetensors").items()}
+    save_file(changed, tmp_path / "cf" / "model.safetensors")
+    resumed = Trainer(None, tmp_path / "rat", resume=True, progress=False)
+    assert torch.equal(resumed.model.encoder.item_embedding.align_target, target)
+    assert torch.equal(load_run(tmp_path / "rat").model.encoder.item_embedding.align_target, target)
     with pytest.raises(ConfigError, match="align_run needs item_embeddings"):
         Trainer(build_config(overrides=["model=sasrec", *base, f"align_run={tmp_path / 'cf'}"]), tmp_path / "x", progress=False)
     assert np.isfinite(aligned.item())

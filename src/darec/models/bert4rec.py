@@ -40,7 +40,7 @@ class BERT4Rec(SequentialRecommender):
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
     def prepare(self, dataset: SequenceDataset) -> None:
-        prepare_item_table(self, self.encoder.item_embedding, self.config, dataset)
+        prepare_item_table(self.encoder.item_embedding, self.config, dataset)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         return catalogue_scores(self.head(hidden), self.encoder.item_embedding.weight[: self.n_items + 1], self.bias)
@@ -60,7 +60,7 @@ class BERT4Rec(SequentialRecommender):
         hidden = self.encoder(window.masked_fill(masked, self.mask_token), causal=False)
         logits = self._logits(hidden[masked])
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, window[masked]) + alignment_loss(self, self.encoder.item_embedding, self.config, window)
+        return F.cross_entropy(logits, window[masked]) + alignment_loss(self.encoder.item_embedding, self.config, window)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         rows = torch.arange(items.size(0), device=items.device)

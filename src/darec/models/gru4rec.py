@@ -44,12 +44,12 @@ class GRU4Rec(SequentialRecommender):
         return self.out(output)
 
     def prepare(self, dataset: SequenceDataset) -> None:
-        prepare_item_table(self, self.item_embedding, self.config, dataset)
+        prepare_item_table(self.item_embedding, self.config, dataset)
 
     def loss(self, batch: Batch) -> Tensor:
         weight = self.item_embedding.weight
         loss = next_item_loss(self._hidden(batch.items[:, :-1]), batch.next_item_targets(), weight, self.config.loss)
-        return loss + alignment_loss(self, self.item_embedding, self.config, batch.items)
+        return loss + alignment_loss(self.item_embedding, self.config, batch.items)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         return catalogue_scores(last_state(self._hidden(items), lengths), self.item_embedding.weight)

@@ -34,9 +34,13 @@ class AdaptedItemEmbedding(nn.Module):
     trainable adapter ``dim -> max(hidden, dim / 2) -> hidden``; rows past the table (e.g.
     BERT4Rec's mask token) are learned directly; row 0 (padding) is zero."""
 
-    def __init__(self, table: Tensor, n_tokens: int, hidden: int):
+    def __init__(self, table: Tensor, n_tokens: int, hidden: int, aligned: bool = False):
         super().__init__()
         self.register_buffer("table", table.float())  # saved with the run, never trained
+        # The alignment target (filled by prepare_item_table) is saved with the run too, so a
+        # resumed run aligns with what it started with, whatever became of the align_run since.
+        self.align_target: Tensor | None
+        self.register_buffer("align_target", torch.zeros(table.size(0), hidden) if aligned else None)
         dim = table.size(1)
         middle = max(hidden, dim // 2)
         self.adapter = nn.Sequential(nn.Linear(dim, middle), nn.GELU(), nn.Linear(middle, hidden))
@@ -62,10 +66,10 @@ def item_table(options: ItemTableOptions, n_items: int, n_tokens: int, hidden: i
     table = read_table(options.item_embeddings)
     if table.size(0) != n_items + 1:
         raise EmbeddingFileError(f"{options.item_embeddings}: made for {table.size(0) - 1} items, the data set has {n_items}")
-    return AdaptedItemEmbedding(table, n_tokens, hidden)
+    return AdaptedItemEmbedding(table, n_tokens, hidden, aligned=bool(options.align_run))
 
 
-def prepare_item_table(model: nn.Module, table: nn.Module, options: ItemTableOptions, dataset: SequenceDataset) -> None:
+def prepare_item_table(table: nn.Module, options: ItemTableOptions, dataset: SequenceDataset) -> None:
     """Check an embedding file's item ids against the data set, and load the alignment target."""
     if not isinstance(table, AdaptedItemEmbedding):
         if options.align_run:
@@ -81,14 +85,13 @@ def prepare_item_table(model: nn.Module, table: nn.Module, options: ItemTableOpt
         hidden = table.adapter[-1].out_features
         if target.size(1) != hidden:
             raise ConfigError(f"align_run: its hidden size is {target.size(1)}, this model's {hidden}")
-        # Not persistent: only training reads it, and a resumed run loads it again here.
-        model.register_buffer("align_target", target.to(table.table.device), persistent=False)
+        table.align_target.copy_(target)
 
 
-def alignment_loss(model: nn.Module, table: nn.Module, options: ItemTableOptions, items: Tensor) -> Tensor | float:
+def alignment_loss(table: nn.Module, options: ItemTableOptions, items: Tensor) -> Tensor | float:
     """``align_weight`` x in-batch InfoNCE between the adapted and the pre-trained SASRec
     embeddings of the batch's distinct items (0 when alignment is off)."""
-    target = getattr(model, "align_target", None)
+    target = getattr(table, "align_target", None)
     if target is None or options.align_weight == 0:
         return 0.0
     ids = torch.unique(items[(items > 0) & (items < target.size(0))])

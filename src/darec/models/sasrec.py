@@ -32,12 +32,12 @@ class SASRec(SequentialRecommender):
         self.encoder = ItemEncoder(n_items + 1, max_len, config, table)
 
     def prepare(self, dataset: SequenceDataset) -> None:
-        prepare_item_table(self, self.encoder.item_embedding, self.config, dataset)
+        prepare_item_table(self.encoder.item_embedding, self.config, dataset)
 
     def loss(self, batch: Batch) -> Tensor:
         hidden = self.encoder(batch.items[:, :-1], causal=True)
         loss = next_item_loss(hidden, batch.next_item_targets(), self.encoder.item_embedding.weight, self.config.loss)
-        return loss + alignment_loss(self, self.encoder.item_embedding, self.config, batch.items)
+        return loss + alignment_loss(self.encoder.item_embedding, self.config, batch.items)
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         state = last_state(self.encoder(items, causal=True), lengths)
