@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from darec.io import atomic_write_json, atomic_write_text
+from darec.config import parse_override
 from darec.train import Trainer, build_config
+from darec.train.config import config_keys
 from darec.train.run import load_run
 from darec.train.trainer import RESUME_KEYS, result_rows, seconds_per_epoch
 
@@ -81,6 +83,17 @@ def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]
             atomic_write_text(path.with_suffix(".md"), markdown(rows))
 
 
+def override_name(override: str) -> str:
+    """The bare key of a ``key=value`` or ``section.key=value`` override."""
+    return parse_override(override)[0].rpartition(".")[2]
+
+
+def for_model(overrides: Iterable[str], model: str) -> list[str]:
+    """The overrides whose keys ``model``'s run config has (e.g. no backbone settings for SASRec)."""
+    known = set().union(*config_keys(model).values())
+    return [o for o in overrides if override_name(o) in known]
+
+
 def epochs_cell(row: Row) -> str:
     """``epochs (best epoch)``, with a dagger where the run's wall-clock limit stopped it."""
     return f"{row['epochs']} ({row['best_epoch']}){' †' if row.get('time_limited') else ''}"
@@ -101,7 +114,7 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch."""
     if (run_dir / "trainer_state.json").exists():
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
-        budget = [o for o in overrides if o.split("=")[0].split(".")[-1] in RESUME_KEYS]
+        budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
         trainer = Trainer(None, run_dir, resume=True, progress=False, overrides=budget)
     else:
         trainer = Trainer(build_config(overrides=overrides), run_dir, progress=False)

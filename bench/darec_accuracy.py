@@ -35,7 +35,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import HERE, TIME_LIMITED, Row, epochs_cell, command_line, machine, markdown_table, save_rows, train_rows, versions
+from common import HERE, TIME_LIMITED, Row, epochs_cell, for_model, command_line, machine, markdown_table, save_rows, train_rows, versions
+from darec.train import build_config
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
 BUDGETS = {
@@ -64,11 +65,6 @@ VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data",
 
 def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str) -> Path:
     return workdir / dataset / f"{'-' if variant == 'sasrec' else budget}-{variant}"
-
-
-def _llm_only(override: str) -> bool:
-    """Whether an extra override names a setting SASRec lacks (so its runs leave it out)."""
-    return override.split("=")[0].split(".")[-1] in ("gradient_checkpointing", "backbone", "keep_layers", "item_tokens")
 
 
 def overrides_for(variant: str, budget: str, workdir: Path, dataset: str) -> list[str]:
@@ -116,14 +112,15 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. max_minutes=10)")
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     args = parser.parse_args()
+    build_config(overrides=["model=darec", *args.extra])  # a typo in --set fails here, not dropped as SASRec-less
     variants = list(args.variants)
     first = next((i for i, v in enumerate(variants) if v in PRETRAINED), None)
     if first is not None and "sasrec-same-data" not in variants[:first]:
         variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
     for variant in variants:
-        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset),
-                     *(o for o in args.extra if variant not in ("sasrec", "sasrec-same-data") or not _llm_only(o))]
+        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
+        overrides += for_model(args.extra, model)  # e.g. gradient_checkpointing reaches the LLM runs only
         budget = "-" if variant == "sasrec" else args.budget
         base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{variant}", "name": variant, "budget": budget,
                 "settings": " ".join(overrides), "machine": machine(), "versions": versions(), "command": command_line()}

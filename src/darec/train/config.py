@@ -64,6 +64,12 @@ class RunConfig:
 SECTIONS = ("data", "model", "train")
 
 
+def config_keys(model: str) -> dict[str, set[str]]:
+    """The keys of each section of a run config for ``model``."""
+    classes = {"data": DataConfig, "model": model_config_class(model), "train": TrainConfig}
+    return {s: {f.name for f in fields(c)} for s, c in classes.items()}
+
+
 def build_config(values: dict[str, Any] | None = None, overrides: list[str] = (), model: str | None = None,
                  source: str = "config") -> RunConfig:
     """A run config from a mapping (e.g. a YAML file), then ``key=value`` overrides.
@@ -84,8 +90,7 @@ def build_config(values: dict[str, Any] | None = None, overrides: list[str] = ()
         if key in ("model", "model.name", "name"):
             values["model"]["name"] = value
     model_name = values["model"].setdefault("name", "sasrec")
-    classes = {"data": DataConfig, "model": model_config_class(str(model_name)), "train": TrainConfig}
-    keys = {s: {f.name for f in fields(c)} for s, c in classes.items()}
+    keys = config_keys(str(model_name))
     for key, value in parsed:
         if key in ("model", "model.name", "name"):
             continue
@@ -104,7 +109,7 @@ def build_config(values: dict[str, Any] | None = None, overrides: list[str] = ()
         values[section][name] = value
     return RunConfig(
         data=from_dict(DataConfig, values["data"], f"{source}: data"),
-        model=from_dict(classes["model"], values["model"], f"{source}: model"),
+        model=from_dict(model_config_class(str(model_name)), values["model"], f"{source}: model"),
         train=from_dict(TrainConfig, values["train"], f"{source}: train"),
     )
 
