@@ -94,14 +94,16 @@ start)
   # Throughput first, alone on the GPU: the DARec gpu budget's shape, with and without checkpointing.
   for ckpt in "" --gradient-checkpointing; do
     python3 bench/llm_throughput.py --devices cuda --dataset ml-100k --batch-size 32 --max-len 50 --item-tokens 16 \
-      --steps 10 --warmup 3 $ckpt --results $RES/llm_throughput.json >>$LOGS/throughput.log 2>&1
+      --steps 10 --warmup 3 $ckpt --results $RES/llm_throughput.json --profile $RES/llm_profile.txt >>$LOGS/throughput.log 2>&1
     tail -3 $LOGS/throughput.log
   done
   jobs_llm >$RES/jobs-llm.txt && jobs_rec >$RES/jobs-rec.txt
   setsid nohup bash bench/gpu_session.sh pool ${LLM_JOBS:-6} $RES/jobs-llm.txt >$LOGS/pool-llm.log 2>&1 </dev/null &
   setsid nohup bash bench/gpu_session.sh pool ${REC_JOBS:-8} $RES/jobs-rec.txt >$LOGS/pool-rec.log 2>&1 </dev/null &
-  # The whole test suite on CUDA, beside the runs (tiny models; four workers).
-  setsid nohup timeout 1200 python3 -m pytest -q -p no:cacheprovider -n 4 tests >$LOGS/tests.log 2>&1 </dev/null &
+  # The whole test suite on CUDA, beside the runs (tiny models; four workers). -v logs each test as it ends
+  # (session 5's log stopped before pytest's summary, so its 3 failures went unnamed); a test over 5 minutes fails.
+  setsid nohup timeout 1200 python3 -m pytest -v -rfE --tb=short --timeout=300 -p no:cacheprovider -n 4 tests \
+    >$LOGS/tests.log 2>&1 </dev/null &
   sleep "${2:-0}"; pack
   ;;
 collect)

@@ -84,6 +84,8 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
         optimizer.step()
 
     times = [timed(lambda b=b: step(b), device) for b in batches]
+    if args.profile:
+        profile(step, batches[-2:], device, args.profile)
     tokens = [int((model._pack(b.items[:, :-1]).item_index >= 0).sum()) for b in batches]
     rates = [n / t for n, t in zip(tokens[args.warmup :], times[args.warmup :])]
     tokens_per_second = statistics.median(rates)
@@ -101,6 +103,23 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
         "mfu_frozen_4n": 4 * params * tokens_per_second / peak,
         "machine": machine(), "versions": versions(), "command": command_line(),
     }
+
+
+def profile(step, batches: list[Batch], device: torch.device, path: Path) -> None:
+    """Where a step's time goes: torch.profiler's table of the ops with the most device time
+    (CPU time on CPU) over the given steps, appended to ``path``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profiler(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "a") as out:
+        out.write(f"# {device} {command_line()}\n{prof.key_averages().table(sort_by=key, row_limit=30)}\n")
 
 
 def markdown(rows: list[Row]) -> str:
@@ -129,6 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--profile", type=Path, default=None, help="also profile two steps; append the op table to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
