@@ -63,18 +63,22 @@ VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data",
             "head-items", *PRETRAINED]
 
 
+def tagged(variant: str, tag: str) -> str:
+    return f"{variant}@{tag}" if tag else variant
+
+
 def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str) -> Path:
     return workdir / dataset / f"{'-' if variant == 'sasrec' else budget}-{variant}"
 
 
-def overrides_for(variant: str, budget: str, workdir: Path, dataset: str) -> list[str]:
+def overrides_for(variant: str, budget: str, workdir: Path, dataset: str, tag: str = "") -> list[str]:
     if variant == "sasrec":
         return SASREC
     data = [o for o in BUDGETS[budget] if o.split("=")[0] in ("max_len", "window_overlap", "windows_per_user")]
     if variant == "sasrec-same-data":
         return [*SASREC, *data]
     if variant in PRETRAINED:
-        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, 'sasrec-same-data', budget)}"]
+        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, tagged('sasrec-same-data', tag), budget)}"]
     return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
 
 
@@ -86,7 +90,7 @@ def markdown(rows: list[Row]) -> str:
     order = {v: i for i, v in enumerate(VARIANTS)}
     main = [r for r in rows if r["split"] == "test" and r["protocol"] == "full" and not r["exclude_history"]]
     cells = []
-    for r in sorted(main, key=lambda r: (r["dataset"], r["budget"], order.get(r["name"], 99))):
+    for r in sorted(main, key=lambda r: (r["dataset"], r["budget"], order.get(r["name"].split("@")[0], 99), r["name"])):
         valid, excluded = find(r, "valid", False), find(r, "test", True)
         cells.append([r["dataset"], r["budget"], r["name"], epochs_cell(r), f"{valid.get('ndcg@10', float('nan')):.4f}",
                       f"{r['ndcg@10']:.4f}", f"{r['hit@10']:.4f}", f"{excluded.get('ndcg@10', float('nan')):.4f}",
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "darec_accuracy")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. max_minutes=10)")
+    parser.add_argument("--tag", default="", help="name for the --set extras: rows become VARIANT@TAG, runs their own "
+                        "folders, so a setting tried (e.g. --set lr=3e-4 --tag lr3e-4) sits beside the budget's own rows")
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     args = parser.parse_args()
     build_config(overrides=["model=darec", *args.extra])  # a typo in --set fails here, not dropped as SASRec-less
@@ -118,15 +124,15 @@ def main() -> None:
     if first is not None and "sasrec-same-data" not in variants[:first]:
         variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
     for variant in variants:
-        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset)]
+        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset, args.tag)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
         overrides += for_model(args.extra, model)  # e.g. gradient_checkpointing reaches the LLM runs only
-        budget = "-" if variant == "sasrec" else args.budget
-        base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{variant}", "name": variant, "budget": budget,
+        budget, name = "-" if variant == "sasrec" else args.budget, tagged(variant, args.tag)
+        base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{name}", "name": name, "budget": budget,
                 "settings": " ".join(overrides), "machine": machine(), "versions": versions(), "command": command_line()}
-        run_dir = run_dir_for(args.workdir, args.dataset, variant, args.budget)
+        run_dir = run_dir_for(args.workdir, args.dataset, name, args.budget)
         save_rows(args.results, train_rows(run_dir, overrides, base, args.evaluate_only), markdown)
-        print(f"{args.dataset} {variant}: done", flush=True)
+        print(f"{args.dataset} {name}: done", flush=True)
 
 
 if __name__ == "__main__":

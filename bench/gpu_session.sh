@@ -30,10 +30,11 @@ pack() {  # results, logs and each run's small files (no weights) into $OUT
 
 # The LLM runs, most wanted first. A lease of 30 minutes held 15 of them at once (5-6 GB each with
 # checkpointing): the GPU ran out of memory and each got a few epochs; hence a pool of LLM_JOBS, and
-# by default only the runs an issue's target needs (ACC_VARIANTS; DYN=1 adds the plan search).
+# by default only the runs an issue's target needs (ACC_VARIANTS; DYN=1 adds the plan search). A setting
+# tried beside the budget's own (ACC_SET="lr=3e-4" ACC_TAG=lr3e-4) gets rows of its own (VARIANT@TAG).
 jobs_llm() {
   local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
-    --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128"
+    --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128 ${ACC_SET:-} ${ACC_TAG:+--tag $ACC_TAG}"
   local dyn="python3 bench/dynamic_adaption.py --dataset scientific --budget gpu --threads 1 --workdir $WORK/dynamic_adaption
     --results $RES/dynamic_adaption.json --set head=items max_minutes=${DYN_MINUTES:-6} gradient_checkpointing=true eval_batch_size=128"
   for v in ${ACC_VARIANTS:-darec no-masking no-injection}; do
