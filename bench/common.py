@@ -120,7 +120,7 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
         trainer = Trainer(build_config(overrides=overrides), run_dir, progress=False)
     # fit() ends by evaluating the best weights (at once for a finished run); evaluate_only
     # reports an unfinished run as it stands.
-    rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model) if evaluate_only else trainer.fit()
+    rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model, run_dir=run_dir) if evaluate_only else trainer.fit()
     state = json.loads((run_dir / "trainer_state.json").read_text())
     out = []
     for r in rows:

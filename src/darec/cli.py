@@ -208,6 +208,29 @@ def evaluate(
 
 
 @app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run directory (the reference).")],
+    run_b: Annotated[Path, typer.Argument(help="A run directory on the same data.")],
+    metric: Annotated[str, typer.Option(help="Per-user test metric to compare (ndcg@10, hit@10, mrr@10, ...).")] = "ndcg@10",
+    samples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples of the users.")] = 10_000,
+) -> None:
+    """Is B better than A? Their test metric user by user: the difference with a 95% paired-bootstrap interval and a paired t-test."""
+    from darec.train.significance import compare_runs
+
+    try:
+        result = compare_runs(run_a, run_b, metric, samples)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    table = Table(title=f"test {metric}, full ranking, {result['users']} users")
+    for column in ("A", "B", "B - A", "95% interval", "p (paired t)"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result['mean_a']:.4f}", f"{result['mean_b']:.4f}", f"{result['difference']:+.4f}",
+                  f"[{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]", f"{result['p_value']:.3g}")
+    console.print(table)
+    console.print(f"A: {run_a}\nB: {run_b}")
+
+
+@app.command()
 def embed(
     out: Annotated[Path, typer.Argument(help="Item-embedding file to write (safetensors, with the item id map).")],
     dataset: Annotated[str, typer.Option(help="Named data set or a path.")] = "ml-100k",

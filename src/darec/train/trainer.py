@@ -25,6 +25,7 @@ from darec.train.checkpoint import load_model_state, load_optimizer_state, load_
 from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import evaluate, evaluate_many, sample_negatives
+from darec.train.significance import save_per_user
 from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, autocast, check_same_data, read_config, resolve_device
 
 SELECT = "ndcg@10"
@@ -43,9 +44,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
-                console: Console | None = None) -> list[dict[str, Any]]:
+                console: Console | None = None, run_dir: Path | None = None) -> list[dict[str, Any]]:
     """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
     history kept and excluded (papers differ; every row says which), and the sampled protocol.
+    With ``run_dir``, each test user's metrics (full ranking, history as trained) are saved there.
 
     The sampled protocol is left out, with a message, when the catalogue is too small to
     draw the negatives from items a user has not seen.
@@ -63,12 +65,15 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
             negatives = None
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
-        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, _, exclude in settings], t.eval_batch_size)
-        for (_, label, exclude), metrics in zip(settings, scored):
+        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, _, exclude in settings],
+                               t.eval_batch_size, per_user=True)
+        for (_, label, exclude), per_user in zip(settings, scored):
             rows.append({
                 "dataset": dataset.name, "model": config.model.name, "variant": variant, "protocol": label, "split": split,
-                "exclude_history": exclude, **metrics,
+                "exclude_history": exclude, **{name: float(v.mean()) for name, v in per_user.items()},
             })
+            if run_dir is not None and split == "test" and label == "full" and exclude == t.exclude_history:
+                save_per_user(run_dir, per_user)  # for paired comparisons between runs (darec compare)
     return rows
 
 
@@ -272,7 +277,7 @@ class Trainer:
         if not final_evaluation:
             return []
         load_model_state(self.model, self.run_dir / BEST, self.device)
-        rows = result_rows(self.config, self.dataset, self.model, console=self.console)
+        rows = result_rows(self.config, self.dataset, self.model, console=self.console, run_dir=self.run_dir)
         for row in rows:
             row["best_epoch"] = self.state["best_epoch"]
         atomic_write_json(self.run_dir / RESULTS, rows)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from darec.cli import app
+from darec.train import Trainer, build_config
+from darec.train.significance import PER_USER, compare_runs, paired_comparison, per_user_metrics
+
+
+def test_paired_comparison_of_equal_better_and_mismatched_users() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random(500)
+    same = paired_comparison(a, a.copy(), samples=2000)
+    assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["p_value"] == 1
+    # A real but small gain, well under the users' own spread: visible once paired.
+    b = a + 0.02 + rng.normal(0, 0.01, 500)
+    better = paired_comparison(a, b, samples=2000)
+    assert better["difference"] == pytest.approx(b.mean() - a.mean())
+    assert 0 < better["ci_low"] < better["difference"] < better["ci_high"] and better["p_value"] < 1e-6
+    # Noise alone: the interval straddles zero.
+    noise = paired_comparison(a, a + rng.normal(0, 0.01, 500), samples=2000)
+    assert noise["ci_low"] < 0 < noise["ci_high"]
+    with pytest.raises(ValueError, match=r"one value per user in both: got \(500,\) and \(499,\)"):
+        paired_comparison(a, a[:-1])
+
+
+def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
+    base = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "inner_size=32", "epochs=2", "patience=0"]
+    for name, hidden in (("a", 16), ("b", 24)):
+        Trainer(build_config(overrides=[*base, f"hidden_size={hidden}"]), tmp_path / name, progress=False).fit()
+    saved = per_user_metrics(tmp_path / "a")
+    test = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())
+                if r["split"] == "test" and r["protocol"] == "full" and not r["exclude_history"])
+    assert (tmp_path / "a" / PER_USER).exists() and float(saved["ndcg@10"].mean()) == pytest.approx(test["ndcg@10"])
+    (tmp_path / "a" / PER_USER).unlink()  # a run from before: computed from its weights instead
+    assert np.allclose(per_user_metrics(tmp_path / "a")["ndcg@10"], saved["ndcg@10"], atol=1e-6)
+    result = compare_runs(tmp_path / "a", tmp_path / "b", samples=500)
+    assert result["users"] == len(saved["ndcg@10"]) and result["ci_low"] <= result["difference"] <= result["ci_high"]
+
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--samples", "500"])
+    assert out.exit_code == 0, out.output
+    assert f"{result['difference']:+.4f}" in out.output and "p (paired t)" in out.output
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@11"])
+    assert out.exit_code == 2 and "no metric 'ndcg@11'" in out.output
+
+    # The synthetic data follow the seed: another seed, other users and items.
+    Trainer(build_config(overrides=[*base, "hidden_size=16", "seed=7"]), tmp_path / "other", progress=False).fit()
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "other")])
+    assert out.exit_code == 2 and "different data" in out.output
