@@ -22,6 +22,7 @@ from darec.config import parse_override
 from darec.train import Trainer, build_config
 from darec.train.config import config_keys
 from darec.train.run import load_run
+from darec.train.significance import compare_runs
 from darec.train.trainer import RESUME_KEYS, result_rows, seconds_per_epoch
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +98,29 @@ def for_model(overrides: Iterable[str], model: str) -> list[str]:
 def epochs_cell(row: Row) -> str:
     """``epochs (best epoch)``, with a dagger where the run's wall-clock limit stopped it."""
     return f"{row['epochs']} ({row['best_epoch']}){' †' if row.get('time_limited') else ''}"
+
+
+def versus(rows: list[Row], run_dir: Path, reference: Path, name: str) -> list[Row]:
+    """Add to the test row (full ranking, history kept) the paired comparison of this run's
+    test NDCG@10 with the ``reference`` run's, user by user (``darec compare``): ``vs_NAME``
+    (the difference), its 95% interval and p-value. Left out, saying so, while the reference
+    has not finished."""
+    if not (reference / "results.json").exists():
+        print(f"{run_dir.name}: not compared with {reference.name}, which has not finished", flush=True)
+        return rows
+    result = compare_runs(reference, run_dir)
+    for row in rows:
+        if row["split"] == "test" and row["protocol"] == "full" and not row["exclude_history"]:
+            row.update({f"vs_{name}": result["difference"], f"vs_{name}_ci_low": result["ci_low"],
+                        f"vs_{name}_ci_high": result["ci_high"], f"vs_{name}_p": result["p_value"]})
+    return rows
+
+
+def versus_cell(row: Row, name: str) -> str:
+    if f"vs_{name}" not in row:
+        return "-"
+    return (f"{row[f'vs_{name}']:+.4f} [{row[f'vs_{name}_ci_low']:+.4f}, {row[f'vs_{name}_ci_high']:+.4f}] "
+            f"p={row[f'vs_{name}_p']:.2g}")
 
 
 TIME_LIMITED = "† stopped by its wall-clock limit (max_minutes) before early stopping: not converged."
