@@ -31,7 +31,7 @@ from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddin
 from darec.train.config import TrainConfig
 from darec.train.evaluate import evaluate
 from darec.train.groups import group_means, user_groups
-from darec.train.run import load_run
+from darec.train.run import load_run, load_run_dataset
 
 RESULTS = HERE / "results" / "llmemb.json"
 EMBED = {
@@ -63,7 +63,7 @@ def embedding_file(dataset: str, source: str, budget: str, work: Path, threads: 
 def tail_metrics(run_dir: Path) -> dict[str, float]:
     """Test NDCG@10 / HR@10 (full ranking, history kept) of head-item and tail-item users."""
     run = load_run(run_dir)
-    data = load_dataset(run.config.data.dataset, run.config.data.data_root, run.config.data.k_core, run.config.train.seed)
+    data = load_run_dataset(run_dir, run.config)
     histories, targets = data.split("test")
     per_user = evaluate(run.model, histories, targets, per_user=True)
     out = {}

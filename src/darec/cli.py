@@ -180,18 +180,16 @@ def evaluate(
     head_share: Annotated[float, typer.Option(help="With --groups: share of items that are head, of users that are long.")] = 0.2,
 ) -> None:
     """Evaluate the best checkpoint of a run."""
-    from darec.data import load_dataset
     from darec.train import evaluate as run_eval, load_run, sample_negatives
     from darec.train.groups import group_means, user_groups
-    from darec.train.run import check_same_data
+    from darec.train.run import load_run_dataset
 
     try:
         if protocol not in ("full", "sampled") or split not in ("valid", "test"):
             raise ValueError("--protocol is full or sampled; --split is valid or test")
         loaded = load_run(run_dir)
         c = loaded.config
-        dataset = load_dataset(c.data.dataset, c.data.data_root, c.data.k_core, c.train.seed)
-        check_same_data(run_dir, dataset)
+        dataset = load_run_dataset(run_dir, c)
         histories, targets = dataset.split(split)
         negatives = sample_negatives(histories, targets, dataset.n_items, c.train.sampled_negatives, c.train.seed) if protocol == "sampled" else None
         exclude = c.train.exclude_history if exclude_history is None else exclude_history

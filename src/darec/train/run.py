@@ -50,6 +50,16 @@ def check_same_data(run_dir: Path, dataset: SequenceDataset) -> None:
         raise ValueError(f"{run_dir}: the data set no longer matches the one this run was trained on")
 
 
+def load_run_dataset(run_dir: Path, config: RunConfig) -> SequenceDataset:
+    """The data set a run was trained on, as its config names it; refused if it has changed since."""
+    from darec.data import load_dataset
+
+    c = config
+    dataset = load_dataset(c.data.dataset, c.data.data_root, c.data.k_core, c.train.seed)
+    check_same_data(run_dir, dataset)
+    return dataset
+
+
 def read_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / CONFIG
     if not path.exists():

@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from darec.train.checkpoint import load_tensors, save_tensors
-from darec.train.run import check_same_data, load_run
+from darec.train.run import load_run, load_run_dataset
 
 PER_USER = "per_user_test.safetensors"  # in a run directory: each test user's metrics, full ranking as trained
 
@@ -47,16 +47,12 @@ def per_user_metrics(run_dir: Path) -> dict[str, np.ndarray]:
     path = Path(run_dir) / PER_USER
     if path.exists():
         return {k: v.numpy() for k, v in load_tensors(path).items()}
-    from darec.data import load_dataset
     from darec.train.evaluate import evaluate
 
     run = load_run(run_dir)
-    c = run.config
-    dataset = load_dataset(c.data.dataset, c.data.data_root, c.data.k_core, c.train.seed)
-    check_same_data(run_dir, dataset)
-    histories, targets = dataset.split("test")
-    return evaluate(run.model, histories, targets, "full", c.train.exclude_history, batch_size=c.train.eval_batch_size,
-                    per_user=True)
+    histories, targets = load_run_dataset(run_dir, run.config).split("test")
+    t = run.config.train
+    return evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
 
 
 def compare_runs(run_a: Path, run_b: Path, metric: str = "ndcg@10", samples: int = 10_000) -> dict[str, float]:
