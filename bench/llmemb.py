@@ -26,6 +26,7 @@ import torch
 
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, machine, markdown_table, save_rows, train_rows, versions,
                     versus, versus_cell)
+from darec.config import parse_override
 from darec.data import load_dataset
 from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddings
 from darec.train.config import TrainConfig
@@ -76,8 +77,9 @@ def tail_metrics(run_dir: Path) -> dict[str, float]:
 
 def recommender(row: Row) -> str:
     """The recommender's shape and stopping rule, from the row's settings (e.g. ``h128 b128 p20``)."""
-    settings = dict(o.split("=", 1) for o in row["settings"].split() if "=" in o)
-    return f"h{settings.get('hidden_size', '?')} b{settings.get('batch_size', 32)} p{settings.get('patience', '?')}"
+    settings = dict(parse_override(o) for o in row["settings"].split())
+    defaults = TrainConfig()
+    return f"h{settings.get('hidden_size', '?')} b{settings.get('batch_size', defaults.batch_size)} p{settings.get('patience', defaults.patience)}"
 
 
 def markdown(rows: list[Row]) -> str:

@@ -29,8 +29,8 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, samples: int = 10_000, confi
         raise ValueError(f"a paired comparison needs one value per user in both: got {a.shape} and {b.shape}")
     diff = b - a
     rng = np.random.default_rng(seed)
-    means = np.concatenate([diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
-                            for n in np.diff(np.r_[0:samples:1000, samples])])  # in chunks: samples x users is large
+    chunks = [min(1000, samples - start) for start in range(0, samples, 1000)]  # samples x users at once is large
+    means = np.concatenate([diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1) for n in chunks])
     tail = (1 - confidence) / 2
     p = 1.0 if not diff.any() else float(stats.ttest_rel(b, a).pvalue)
     return {"users": len(diff), "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": float(diff.mean()),
@@ -57,10 +57,10 @@ def per_user_metrics(run_dir: Path) -> dict[str, np.ndarray]:
 
 def compare_runs(run_a: Path, run_b: Path, metric: str = "ndcg@10", samples: int = 10_000) -> dict[str, float]:
     """:func:`paired_comparison` of two runs' test ``metric``; refuses runs on different users."""
+    ids_a, ids_b = (Path(r) / "id_map.json" for r in (run_a, run_b))
+    if ids_a.read_text() != ids_b.read_text():  # before any evaluation: a mismatch needs none
+        raise ValueError(f"{run_a} and {run_b} were trained on different data (their id maps differ): nothing to pair")
     a, b = per_user_metrics(run_a), per_user_metrics(run_b)
     if metric not in a:
         raise KeyError(f"no metric {metric!r}; the runs have {', '.join(sorted(a))}")
-    ids_a, ids_b = (Path(r) / "id_map.json" for r in (run_a, run_b))
-    if ids_a.read_text() != ids_b.read_text():
-        raise ValueError(f"{run_a} and {run_b} were trained on different data (their id maps differ): nothing to pair")
     return paired_comparison(a[metric], b[metric], samples)
