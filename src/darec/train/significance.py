@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from darec.train.checkpoint import load_tensors, save_tensors
-from darec.train.run import load_run, load_run_dataset
+from darec.train.run import load_run, load_run_dataset, read_config
 
 PER_USER = "per_user_test.safetensors"  # in a run directory: each test user's metrics, full ranking as trained
 
@@ -55,12 +55,24 @@ def per_user_metrics(run_dir: Path) -> dict[str, np.ndarray]:
     return evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
 
 
-def compare_runs(run_a: Path, run_b: Path, metric: str = "ndcg@10", samples: int = 10_000) -> dict[str, float]:
-    """:func:`paired_comparison` of two runs' test ``metric``; refuses runs on different users."""
+def compare_runs(run_a: Path, run_b: Path, metric: str = "ndcg@10", samples: int = 10_000,
+                 group: str | None = None, head_share: float = 0.2) -> dict[str, float]:
+    """:func:`paired_comparison` of two runs' test ``metric``; refuses runs on different users.
+    ``group`` (``tail-items``, ``head-items``, ``short-users``, ``long-users``; see
+    :mod:`darec.train.groups`) pairs only the test users of that group."""
     ids_a, ids_b = (Path(r) / "id_map.json" for r in (run_a, run_b))
     if ids_a.read_text() != ids_b.read_text():  # before any evaluation: a mismatch needs none
         raise ValueError(f"{run_a} and {run_b} were trained on different data (their id maps differ): nothing to pair")
     a, b = per_user_metrics(run_a), per_user_metrics(run_b)
     if metric not in a:
         raise KeyError(f"no metric {metric!r}; the runs have {', '.join(sorted(a))}")
-    return paired_comparison(a[metric], b[metric], samples)
+    a, b = a[metric], b[metric]
+    if group is not None:
+        from darec.train.groups import user_groups
+
+        data = load_run_dataset(run_a, read_config(run_a))
+        groups = user_groups(data, *data.split("test"), head_share=head_share)
+        if group not in groups:
+            raise KeyError(f"no group {group!r}; the groups are {', '.join(groups)}")
+        a, b = a[groups[group]], b[groups[group]]
+    return paired_comparison(a, b, samples)
