@@ -72,13 +72,13 @@ def test_alignment_with_a_pretrained_sasrec_and_a_run_round_trip(tmp_path: Path,
     Trainer(build_config(overrides=["model=sasrec", *base]), tmp_path / "cf", progress=False).fit()
     overrides = ["model=sasrec", *base, f"item_embeddings={embedding_file}", f"align_run={tmp_path / 'cf'}", "align_weight=1"]
     trainer = Trainer(build_config(overrides=overrides), tmp_path / "rat", progress=False)
-    items = torch.from_numpy(training_windows(trainer.dataset.train_sequences(), 10)[0][:8])
+    items = torch.from_numpy(training_windows(trainer.dataset.train_sequences(), 10)[0][:8]).to(trainer.device)
     aligned = alignment_loss(trainer.model.encoder.item_embedding, trainer.model.config, items)
     assert aligned.item() > 0 and aligned.requires_grad
     trainer.fit()
     loaded = load_run(tmp_path / "rat")
     histories, _ = trainer.dataset.split("test")
-    args = [torch.from_numpy(a) for a in pad_right(histories[:8], 10)]
+    args = [torch.from_numpy(a).to(trainer.device) for a in pad_right(histories[:8], 10)]  # on CUDA where present
     with torch.no_grad():
         assert torch.allclose(trainer.model.eval().score(*args), loaded.model.score(*args))
     # The target is saved with the run: a later change to the align run does not reach it.

@@ -142,7 +142,7 @@ def test_learns_and_round_trips_through_a_run_directory(tmp_path: Path) -> None:
     loaded = load_run(tmp_path / "run")
     histories, _ = trainer.dataset.split("test")
     items, lengths = pad_right(histories[:8], 10)
-    args = torch.from_numpy(items), torch.from_numpy(lengths)
+    args = torch.from_numpy(items).to(trainer.device), torch.from_numpy(lengths).to(trainer.device)  # on CUDA where present
     trainer.model.eval()
     with torch.no_grad():
         assert torch.allclose(trainer.model.score(*args), loaded.model.score(*args))
