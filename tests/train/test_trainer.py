@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from darec.config import ConfigError
 from darec.train import Trainer, build_config
+from darec.train.trainer import lr_factor
 from darec.train.run import load_run
 
 FAST = ["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "batch_size=16", "patience=0"]
@@ -25,8 +26,10 @@ def _history(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("model", ["sasrec", "bert4rec", "gru4rec"])
 def test_resume_matches_uninterrupted_run(tmp_path: Path, model: str) -> None:
-    # deterministic: on CUDA, embedding gradients are summed by atomics in any order.
-    overrides = [f"model={model}", "epochs=4", "deterministic=true", *[o for o in FAST if model != "gru4rec" or "inner" not in o]]
+    # deterministic: on CUDA, embedding gradients are summed by atomics in any order. A warmup and cosine
+    # decay: the resumed run must pick the schedule up where it stopped (each epoch's lr is in the history).
+    overrides = [f"model={model}", "epochs=4", "deterministic=true", "lr_schedule=cosine", "warmup_ratio=0.3",
+                 *[o for o in FAST if model != "gru4rec" or "inner" not in o]]
     whole = Trainer(build_config(overrides=overrides), tmp_path / "whole", progress=False).fit()
 
     def interrupt(epoch: int) -> None:
@@ -43,6 +46,20 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, model: str) -> None:
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [p.name for p in (tmp_path / "cut").glob("checkpoint-*")] == ["checkpoint-4"]
+
+
+def test_learning_rate_schedules(tmp_path: Path) -> None:
+    assert [lr_factor("constant", 2, 10, s) for s in (0, 1, 2, 9)] == [0, 0.5, 1, 1]
+    assert [lr_factor("linear", 0, 10, s) for s in (0, 5, 10, 12)] == [1, 0.5, 0, 0]
+    assert [lr_factor("cosine", 2, 12, s) for s in (1, 2, 7, 12)] == pytest.approx([0.5, 1, 0.5, 0])
+    trainer = Trainer(build_config(overrides=[*FAST, "epochs=3", "lr_schedule=linear", "warmup_ratio=0.5"]), tmp_path / "r", progress=False)
+    trainer.fit()
+    n = trainer._steps_per_epoch()
+    warmup = round(1.5 * n)  # up for an epoch and a half, then down to 0 at the end of the third
+    expected = [1e-3 * n / warmup, 1e-3 * (1 - (2 * n - warmup) / (3 * n - warmup)), 0.0]
+    assert [h["lr"] for h in _history(tmp_path / "r")] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match=r"warmup_ratio must be in \[0, 1\), got 1.0"):
+        Trainer(build_config(overrides=[*FAST, "warmup_ratio=1"]), tmp_path / "bad", progress=False)
 
 
 def test_run_directory_contents_and_reload(tmp_path: Path) -> None:

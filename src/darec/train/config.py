@@ -29,6 +29,10 @@ class TrainConfig:
     batch_size: int = option(32, "Training windows per batch (small batches learn more per epoch on CPU at little cost).")
     lr: float = option(1e-3, "AdamW learning rate.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = option(
+        "constant", "Learning rate over the budget of `epochs`: constant, or decaying to 0 at the last epoch, linearly "
+                    "or as a half cosine. A resumed run given more epochs stretches the decay.")
+    warmup_ratio: float = option(0.0, "Share of the budget's steps over which the learning rate first rises from 0.")
     grad_clip: float = option(5.0, "Gradient norm clip (0 = off).")
     eval_every: int = option(1, "Validate every N epochs.")
     steps_per_epoch: int = option(0, "Cap on batches per epoch, each epoch a fresh shuffle (0 = a full pass); with eval_every, "

@@ -4,11 +4,13 @@ a checkpoint after every epoch, and exact resumption."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic)  # process-wide: set both ways, so one run's choice does not leak
+
+
+def lr_factor(schedule: str, warmup: int, total: int, step: int) -> float:
+    """The learning rate's multiplier at ``step``: a linear rise over ``warmup`` steps, then
+    constant, or a linear or half-cosine decay reaching 0 at step ``total``."""
+    if step < warmup:
+        return step / warmup
+    done = min(1.0, (step - warmup) / max(1, total - warmup))
+    return {"constant": 1.0, "linear": 1.0 - done, "cosine": 0.5 * (1.0 + math.cos(math.pi * done))}[schedule]
 
 
 def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
@@ -110,13 +121,14 @@ class Trainer:
         total = sum(p.numel() for p in self.model.parameters())
         self.console.log(f"{config.model.name}: {sum(p.numel() for p in params):,} trainable parameters of {total:,}"
                          f"{'; ' + self.model.describe() if self.model.describe() else ''}")
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
         self.generator = torch.Generator().manual_seed(t.seed)
         self.deadline: float | None = None  # set by fit() from max_minutes
         context = int(config.data.window_overlap * config.data.max_len)
         windows, skip = training_windows(self.dataset.train_sequences(), config.data.max_len, context, config.data.windows_per_user)
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
+        self.scheduler = self._scheduler() if params else None
         self.valid = self.dataset.split("valid")
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
                                       "history": [], "finished": False, "checkpoint": None}
@@ -128,6 +140,19 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
             self.dataset.save_id_map(self.run_dir / ID_MAP)
+
+    def _steps_per_epoch(self) -> int:
+        t = self.config.train
+        steps = (len(self.windows) + t.batch_size - 1) // t.batch_size
+        return min(steps, t.steps_per_epoch) if t.steps_per_epoch else steps
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        t = self.config.train
+        if not 0 <= t.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        total = t.epochs * self._steps_per_epoch()
+        factor = partial(lr_factor, t.lr_schedule, round(t.warmup_ratio * total), total)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _resumed_config(self, overrides: list[str]) -> tuple[RunConfig, bool]:
         """The run's saved config with ``overrides``, and whether they changed its budget."""
@@ -168,6 +193,7 @@ class Trainer:
             tensors, meta = optimizer_state(self.optimizer)
             save_tensors(folder / "optimizer.safetensors", tensors)
             atomic_write_json(folder / "optimizer.json", meta)
+            atomic_write_json(folder / "scheduler.json", self.scheduler.state_dict())
         previous = self.state["checkpoint"]
         self.state["checkpoint"] = folder.name
         atomic_write_json(self.run_dir / STATE, self.state)  # the commit point
@@ -189,6 +215,8 @@ class Trainer:
         if self.optimizer is not None:
             meta = json.loads((folder / "optimizer.json").read_text())
             load_optimizer_state(self.optimizer, load_tensors(folder / "optimizer.safetensors", self.device), meta)
+            if (folder / "scheduler.json").exists():  # checkpoints from before schedules were constant
+                self.scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
 
     # -- training ----------------------------------------------------------------------------
 
@@ -206,6 +234,7 @@ class Trainer:
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.optimizer.step()
+            self.scheduler.step()
             total += loss.item()
             batches += 1
             if progress is not None:
@@ -229,9 +258,7 @@ class Trainer:
             # Nothing to train (e.g. most-popular): the prepared model is the final one.
             save_tensors(self.run_dir / BEST, model_state(self.model))
             self.state.update(finished=True)
-        steps = (len(self.windows) + t.batch_size - 1) // t.batch_size
-        if t.steps_per_epoch:
-            steps = min(steps, t.steps_per_epoch)
+        steps = self._steps_per_epoch()
         progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  valid ndcg@10 {task.fields[valid]}"),
@@ -246,7 +273,8 @@ class Trainer:
                 progress.reset(task, total=steps, epoch=f"{epoch}/{t.epochs}", loss="-", valid=last_valid)
                 start = time.perf_counter()
                 loss = self._train_epoch(progress, task)
-                row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start}
+                row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
+                                       "lr": self.optimizer.param_groups[0]["lr"]}  # at the epoch's end
                 if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
                     start = time.perf_counter()
                     row["valid"] = self._validate()
