@@ -30,17 +30,25 @@ pack() {  # results, logs and each run's small files (no weights; per-user test 
 
 # The LLM runs, most wanted first. A lease of 30 minutes held 15 of them at once (5-6 GB each with
 # checkpointing): the GPU ran out of memory and each got a few epochs; hence a pool of LLM_JOBS, and
-# by default only the runs an issue's target needs (ACC_VARIANTS; DYN=1 adds the plan search on both
-# data sets, ACC_VARIANTS="" leaves the DARec rows out). A setting tried beside the budget's own
-# (ACC_SET="lr=3e-4" ACC_TAG=lr3e-4) gets rows of its own (VARIANT@TAG).
+# by default only the runs an issue's target needs. ACC lists darec_accuracy groups, separated by ";",
+# each "VARIANTS|TAG|SETTINGS": the variants on both data sets, with SETTINGS beside the budget's own
+# and, when TAG is given, rows (VARIANT@TAG) and run folders of their own. ACC="" runs none; DYN=1
+# adds the plan search on both data sets. E.g.
+#   ACC="darec|cos|epochs=4 lr_schedule=cosine warmup_ratio=0.05;pretrained-cf||;darec|lr3e-4|lr=3e-4"
 jobs_llm() {
-  local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
-    --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128 ${ACC_SET:-} ${ACC_TAG:+--tag $ACC_TAG}"
-  for v in ${ACC_VARIANTS-darec no-masking no-injection}; do
-    for ds in scientific ml-100k; do
-      local wait=""  # the pretrained-cf variants start from the rec pool's SASRec: wait for it, not train it twice at once
-      case $v in pretrained-cf*) [ -z "${ACC_TAG:-}" ] && wait="until [ -e $WORK/darec_accuracy/$ds/gpu-sasrec-same-data/results.json ]; do sleep 5; done;";; esac
-      echo "acc-$ds-$v" $wait $acc --dataset $ds --variants $v
+  local groups
+  IFS=";" read -ra groups <<<"${ACC-darec no-masking no-injection||}"
+  for group in "${groups[@]}"; do
+    local variants tag settings
+    IFS="|" read -r variants tag settings <<<"$group"
+    local acc="python3 bench/darec_accuracy.py --budget gpu --threads 1 --workdir $WORK/darec_accuracy --results $RES/darec_accuracy.json
+      --set max_minutes=${MINUTES:-12} gradient_checkpointing=true eval_batch_size=128 $settings ${tag:+--tag $tag}"
+    for v in $variants; do
+      for ds in scientific ml-100k; do
+        local wait=""  # the pretrained-cf variants start from the rec pool's SASRec: wait for it, not train it twice at once
+        case $v in pretrained-cf*) [ -z "$tag" ] && wait="until [ -e $WORK/darec_accuracy/$ds/gpu-sasrec-same-data/results.json ]; do sleep 5; done;";; esac
+        echo "acc-$ds-$v${tag:+@$tag}" $wait $acc --dataset $ds --variants $v
+      done
     done
   done
   if [ "${DYN:-0}" = 1 ]; then
