@@ -30,9 +30,9 @@ from darec.config import parse_override
 from darec.data import load_dataset
 from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddings
 from darec.train.config import TrainConfig
-from darec.train.evaluate import evaluate
 from darec.train.groups import group_means, user_groups
-from darec.train.run import load_run, load_run_dataset
+from darec.train.run import load_run_dataset, read_config
+from darec.train.significance import per_user_metrics
 
 RESULTS = HERE / "results" / "llmemb.json"
 EMBED = {
@@ -62,11 +62,11 @@ def embedding_file(dataset: str, source: str, budget: str, work: Path, threads: 
 
 
 def tail_metrics(run_dir: Path) -> dict[str, float]:
-    """Test NDCG@10 / HR@10 (full ranking, history kept) of head-item and tail-item users."""
-    run = load_run(run_dir)
-    data = load_run_dataset(run_dir, run.config)
+    """Test NDCG@10 / HR@10 (full ranking, history as trained: kept here) of head-item and
+    tail-item users, from the per-user metrics the run saved (not a second evaluation)."""
+    data = load_run_dataset(run_dir, read_config(run_dir))
     histories, targets = data.split("test")
-    per_user = evaluate(run.model, histories, targets, per_user=True)
+    per_user = per_user_metrics(run_dir)
     out = {}
     for row in group_means(per_user, user_groups(data, histories, targets)):
         if row["group"] in ("head-items", "tail-items"):
