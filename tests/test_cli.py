@@ -58,6 +58,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Did you mean 'epochs'" in result.output
     result = runner.invoke(app, ["train", "--dataset", "no-such-data", "--run-dir", str(tmp_path / "z")])
     assert result.exit_code == 2 and "no such data set" in result.output
+    # Nothing is named or written for a run that never started.
+    assert "run directory" not in result.output and not (tmp_path / "z").exists()
 
 
 def test_config_show_and_data_commands(tmp_path: Path) -> None:

@@ -73,9 +73,10 @@ def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[
                 overrides = [f"data.dataset={dataset}", *overrides]
             config = build_config(values, overrides, model=model, source=str(config_path or "--set"))
             run_dir = run_dir or _default_run_dir(config.data.dataset, config.model.name)
-            err.log(f"run directory: {run_dir}")
             trainer = Trainer(config, run_dir, console=err, progress=progress)
         stats = trainer.dataset.stats()
+        # Said once the data has loaded: a bad --dataset fails before any run directory is named.
+        err.log(f"run directory: {run_dir}")
         err.log(f"{stats['dataset']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions")
         rows = trainer.fit()
     except USER_ERRORS as exc:
