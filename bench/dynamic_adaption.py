@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--houlsby", type=int, default=64, help="size of the uniform Houlsby plan")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
     parser.add_argument("--search-minutes", type=float, default=0, help="start no new trial after this many minutes")
+    parser.add_argument("--search-valid-users", type=int, default=0,
+                        help="score search trials on a fixed sample of this many validation users (0 = all)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
     parser.add_argument("--threads", type=int, default=0)
@@ -97,7 +99,7 @@ def main() -> None:
         else:
             runner = Search(build_config(overrides=base_overrides),
                             SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap,
-                                         minutes=args.search_minutes), search_dir)
+                                         minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir)
             summary = runner.run()
         search_seconds = time.perf_counter() - start  # this invocation's share, if the search was resumed
         if "plan" not in summary:

@@ -83,3 +83,15 @@ def test_a_plan_seen_before_is_not_trained_again(tmp_path: Path) -> None:
     summary = search.run()
     assert summary["trials"] == 3 and summary["complete"] == 3
     assert [p.name for p in (tmp_path / "s" / "trials").iterdir()] == ["trial-0"]
+
+
+def test_trials_can_score_a_sample_of_validation_users(tmp_path: Path) -> None:
+    from darec.search import SearchConfig
+    from darec.train import build_config
+    from darec.train.run import load_run
+
+    run = build_config(overrides=["model=darec", "backbone=tiny", "item_tokens=4", "max_len=10", "dataset=synthetic-tiny"])
+    summary = Search(run, SearchConfig(trials=1, budget=4, rungs=1, pruner="none", groups=1, choices=["lora:4"], valid_users=7),
+                     tmp_path / "s").run()
+    assert summary["complete"] == 1
+    assert load_run(tmp_path / "s" / "trials" / "trial-0").config.train.valid_users == 7

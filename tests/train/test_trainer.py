@@ -121,3 +121,18 @@ def test_a_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:
     assert load_run(tmp_path / "r").config.train.epochs == 4
     with pytest.raises(ConfigError, match="model.hidden_size"):
         Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["hidden_size=32"])
+
+
+def test_validation_on_a_fixed_sample_of_users(tmp_path: Path) -> None:
+    full = Trainer(build_config(overrides=[*FAST, "epochs=1"]), tmp_path / "a", progress=False)
+    some = Trainer(build_config(overrides=[*FAST, "epochs=1", "valid_users=10"]), tmp_path / "b", progress=False)
+    histories, targets = some.valid
+    assert len(targets) == 10 < len(full.valid[1])
+    # Whole users are sampled: each kept history keeps its own target.
+    pairs = {(tuple(h), int(t)) for h, t in zip(*full.valid)}
+    assert all((tuple(h), int(t)) in pairs for h, t in zip(histories, targets))
+    some.fit()
+    resumed = Trainer(None, tmp_path / "b", resume=True, progress=False)
+    assert resumed.valid[1].tolist() == targets.tolist()
+    with pytest.raises(ConfigError, match="valid_users"):
+        Trainer(build_config(overrides=[*FAST, "valid_users=-1"]), tmp_path / "c", progress=False)

@@ -27,6 +27,8 @@ class SearchConfig:
     groups: int = option(0, "Groups of consecutive layers that share one choice (0 = one per layer up to 6 layers, else 6).")
     choices: list[str] = option(DEFAULT_CHOICES, "Adapters a group may take.")
     seed: int = option(42, "Sampler seed.")
+    valid_users: int = option(0, "Score each trial on a fixed random sample of this many validation users (0 = all): "
+                                 "much cheaper rungs on large data sets, for a noisier objective.")
     minutes: float = option(0.0, "Start no new trial after this many minutes of this invocation (0 = no limit); the "
                             "trial under way finishes, and a resumed search runs on.")
 

@@ -130,6 +130,7 @@ class Search:
         steps = max(1, self.config.budget // self.config.rungs)
         run = build_config(self.run_config.to_dict(), [
             f"train.epochs={self.config.rungs}", f"train.steps_per_epoch={steps}", "train.eval_every=1", "train.patience=0",
+            f"train.valid_users={self.config.valid_users}",
         ])
         run.model.plan = plan
         trainer = Trainer(run, self.out / "trials" / f"trial-{trial.number}", console=self.console, progress=False)

@@ -48,6 +48,9 @@ class TrainConfig:
         "auto", "Training precision: bf16 autocast (fp32 weights), or fp32. auto: bf16 on CUDA with bf16 support, else "
                 "fp32 (bf16 matmuls are slow on most CPUs). Evaluation always scores in fp32.")
     eval_batch_size: int = option(512, "Users per evaluation batch.")
+    valid_users: int = option(0, "Validate during training on a fixed random sample of this many users (0 = all): "
+                                 "cheaper validation on large data sets, a noisier early-stopping signal. The "
+                                 "final validation and test rows always use every user.")
     exclude_history: bool = option(False, "Remove the user's earlier items from the ranking (RecBole keeps them).")
     sampled_negatives: int = option(100, "Negatives per user for the sampled protocol.")
 

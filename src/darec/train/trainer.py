@@ -129,7 +129,7 @@ class Trainer:
         self.window_lengths = (self.windows > 0).sum(1)
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
         self.scheduler = self._scheduler() if params else None
-        self.valid = self.dataset.split("valid")
+        self.valid = self._validation_users()
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
                                       "history": [], "finished": False, "checkpoint": None}
         if resume:
@@ -243,6 +243,18 @@ class Trainer:
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
+
+    def _validation_users(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """The validation histories and targets used while training: every user's, or a
+        fixed sample of ``valid_users`` (the same users at every validation and on resume)."""
+        histories, targets = self.dataset.split("valid")
+        n = self.config.train.valid_users
+        if n < 0:
+            raise ConfigError(f"train.valid_users must be 0 (all) or a positive number of users, not {n}")
+        if not n or n >= len(targets):
+            return histories, targets
+        pick = np.sort(np.random.default_rng(self.config.train.seed).choice(len(targets), n, replace=False))
+        return [histories[i] for i in pick], targets[pick]
 
     def _validate(self) -> dict[str, float]:
         histories, targets = self.valid
