@@ -74,6 +74,8 @@ def main() -> None:
                         help="score search trials on a fixed sample of this many validation users (0 = all)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
+    parser.add_argument("--tag", default="", help="name a second search with other search settings: its search, run and "
+                        "row become search@TAG and searched@TAG, beside the first")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -89,9 +91,11 @@ def main() -> None:
     cap = trainable([*base_overrides, f"plan={uniform['uniform-lora']}"], work / "uniform-lora")
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
-    search_dir = work / "search"
+    suffix = f"@{args.tag}" if args.tag else ""
+    searched, search_dir, summary_file = f"searched{suffix}", work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
     if "searched" in args.plans:
-        start = time.perf_counter()
+        # Seconds of earlier invocations of this search (it resumes), so the row has its whole wall time.
+        start = time.perf_counter() - (yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0)
         if (search_dir / "study.db").exists():
             runner = Search.resume(search_dir)
             runner.config.minutes = args.search_minutes
@@ -101,14 +105,15 @@ def main() -> None:
                             SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap,
                                          minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir)
             summary = runner.run()
-        search_seconds = time.perf_counter() - start  # this invocation's share, if the search was resumed
+        search_seconds = time.perf_counter() - start
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
-        plans = {"searched": summary["plan"], **uniform}
+        plans = {searched: summary["plan"], **uniform}
         for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
-            shutil.copyfile(search_dir / picture, args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}-{picture}")
-        (work / "search_summary.yaml").write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
-    for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
+            shutil.copyfile(search_dir / picture,
+                            args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}{suffix}-{picture}")
+        summary_file.write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
+    for name, plan in ((n, p) for n, p in plans.items() if n.split("@")[0] in args.plans):
         overrides = [*base_overrides, f"plan={plan}"]
         row = {"dataset": args.dataset, "model": "darec", "variant": f"{args.budget}:{name}", "name": name, "budget": args.budget,
                "plan": json.dumps(plan), "plan_summary": describe_plan(plan), "settings": " ".join(base_overrides),
@@ -117,15 +122,15 @@ def main() -> None:
         count = trainable(overrides, work / name)
         for r in rows:
             r["trainable_parameters"] = count
-            if name == "searched":
+            if name == searched:
                 r.update(search_seconds=search_seconds, search_trials=summary["trials"],
                          search_best_valid=summary["best_value"])
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
     # Once both are trained (perhaps by two processes): the searched plan against uniform LoRA, user by user.
-    if (work / "searched" / "results.json").exists() and args.results.exists():
-        rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:searched"]
-        save_rows(args.results, versus(rows, work / "searched", work / "uniform-lora", "uniform_lora"), markdown)
+    if (work / searched / "results.json").exists() and args.results.exists():
+        rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}"]
+        save_rows(args.results, versus(rows, work / searched, work / "uniform-lora", "uniform_lora"), markdown)
 
 
 if __name__ == "__main__":
