@@ -95,3 +95,7 @@ def test_trials_can_score_a_sample_of_validation_users(tmp_path: Path) -> None:
                      tmp_path / "s").run()
     assert summary["complete"] == 1
     assert load_run(tmp_path / "s" / "trials" / "trial-0").config.train.valid_users == 7
+    # Left at 0, the search keeps the run config's own sample.
+    run.train.valid_users = 5
+    Search(run, SearchConfig(trials=1, budget=4, rungs=1, pruner="none", groups=1, choices=["lora:4"]), tmp_path / "t").run()
+    assert load_run(tmp_path / "t" / "trials" / "trial-0").config.train.valid_users == 5

@@ -130,7 +130,8 @@ class Search:
         steps = max(1, self.config.budget // self.config.rungs)
         run = build_config(self.run_config.to_dict(), [
             f"train.epochs={self.config.rungs}", f"train.steps_per_epoch={steps}", "train.eval_every=1", "train.patience=0",
-            f"train.valid_users={self.config.valid_users}",
+            # Only when set: a run config's own valid_users otherwise carries into the trials.
+            *([f"train.valid_users={self.config.valid_users}"] if self.config.valid_users else []),
         ])
         run.model.plan = plan
         trainer = Trainer(run, self.out / "trials" / f"trial-{trial.number}", console=self.console, progress=False)
