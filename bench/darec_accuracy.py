@@ -22,7 +22,8 @@ InfoNCE), each switch off (``no-masking``: plain causal attention; ``no-injectio
 the SASRec's item embeddings instead of a fresh linear layer), ``pretrained-cf``
 (``head=items`` with the SASRec pre-trained first, the ``sasrec-same-data`` run, then kept
 in the loop: ``cf_run``), ``pretrained-cf-frozen`` (the same, kept fixed:
-``cf_freeze``), and two SASRec baselines: ``sasrec`` (our
+``cf_freeze``), ``pretrained-cf-no-masking`` (``pretrained-cf`` with plain causal
+attention: the masking ablation of that setting), and two SASRec baselines: ``sasrec`` (our
 default SASRec trained to early stopping on all windows, last 50 items) and
 ``sasrec-same-data`` (the budget's history length and windows).
 
@@ -57,8 +58,9 @@ DAREC_VARIANTS = {
     "head-items": ["model=darec", "head=items"],
     "pretrained-cf": ["model=darec", "head=items"],  # plus cf_run: the sasrec-same-data run
     "pretrained-cf-frozen": ["model=darec", "head=items", "cf_freeze=true"],  # likewise
+    "pretrained-cf-no-masking": ["model=darec", "head=items", "mask=causal"],  # likewise
 }
-PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen")
+PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen", "pretrained-cf-no-masking")
 SASREC = ["model=sasrec", "loss=ce", "epochs=200", "patience=10"]
 VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data", "e4srec", "text-only", "id-only", "semantic",
             "head-items", *PRETRAINED]

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -28,6 +28,24 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
     return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retired:
+    """A key a config section no longer has (declare them in the class's ``RETIRED`` mapping).
+
+    A saved config that set it to what darec now does anyway still loads (the key is
+    dropped), so old run directories stay readable; any other value fails, saying what
+    replaced the key, because the run could not be reproduced as written.
+    """
+
+    replaced_by: str
+    # (the old value, the section's other values) -> True when darec now behaves that way anyway
+    same: Callable[[Any, dict[str, Any]], bool]
+
+
+def retired_keys(cls: type) -> dict[str, Retired]:
+    return getattr(cls, "RETIRED", {})
 
 
 def did_you_mean(key: str, choices: typing.Iterable[str]) -> str:
@@ -105,7 +123,13 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str) -> T:
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown key '{key}'.{did_you_mean(key, known)}")
+            retired = retired_keys(cls).get(key)
+            if retired is None:
+                raise ConfigError(f"{where}: unknown key '{key}'.{did_you_mean(key, known)}")
+            if not retired.same(value, values):
+                raise ConfigError(f"{where}.{key}: no longer a setting ({retired.replaced_by}); {key}={value!r} is not what "
+                                  "darec does now, so this config cannot be run as written")
+            continue
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         obj = cls(**kwargs)

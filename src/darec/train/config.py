@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import yaml
 
-from darec.config import ConfigError, did_you_mean, from_dict, option, parse_override, to_dict
+from darec.config import ConfigError, did_you_mean, from_dict, option, parse_override, retired_keys, to_dict
 from darec.models import ModelConfig, model_config_class
 
 
@@ -71,10 +71,14 @@ class RunConfig:
 SECTIONS = ("data", "model", "train")
 
 
+def section_classes(model: str) -> dict[str, type]:
+    """The config class of each section of a run config for ``model``."""
+    return {"data": DataConfig, "model": model_config_class(model), "train": TrainConfig}
+
+
 def config_keys(model: str) -> dict[str, set[str]]:
     """The keys of each section of a run config for ``model``."""
-    classes = {"data": DataConfig, "model": model_config_class(model), "train": TrainConfig}
-    return {s: {f.name for f in fields(c)} for s, c in classes.items()}
+    return {s: {f.name for f in fields(c)} for s, c in section_classes(model).items()}
 
 
 def build_config(values: dict[str, Any] | None = None, overrides: list[str] = (), model: str | None = None,
@@ -98,6 +102,7 @@ def build_config(values: dict[str, Any] | None = None, overrides: list[str] = ()
             values["model"]["name"] = value
     model_name = values["model"].setdefault("name", "sasrec")
     keys = config_keys(str(model_name))
+    retired = {s: retired_keys(c) for s, c in section_classes(str(model_name)).items()}
     for key, value in parsed:
         if key in ("model", "model.name", "name"):
             continue
@@ -106,7 +111,8 @@ def build_config(values: dict[str, Any] | None = None, overrides: list[str] = ()
             if section not in SECTIONS:
                 raise ConfigError(f"--set {key}: unknown section '{section}'.{did_you_mean(section, SECTIONS)}")
         else:
-            owners = [s for s in SECTIONS if name in keys[s]]
+            # A retired key goes to its section, where from_dict explains what replaced it.
+            owners = [s for s in SECTIONS if name in keys[s]] or [s for s in SECTIONS if name in retired[s]]
             if not owners:
                 every = set().union(*keys.values())
                 raise ConfigError(f"--set {key}: unknown key.{did_you_mean(name, every)} See `darec config show {model_name}`.")

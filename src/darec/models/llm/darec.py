@@ -21,13 +21,13 @@ LoRA on every layer by default); see :mod:`darec.models.llm.adapters`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from darec.config import ConfigError, option
+from darec.config import ConfigError, Retired, option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
 from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, info_nce, last_state, next_item_loss
@@ -40,6 +40,14 @@ from darec.models.sasrec import SASRec, SASRecConfig
 
 @dataclass
 class DARecConfig(ModelConfig):
+    # Before the adapter zoo, LoRA had its own alpha and dropout (defaults 16 = 2r and 0.05,
+    # what lora:R does now); runs saved with those still load.
+    RETIRED: ClassVar[dict[str, Retired]] = {
+        "lora_alpha": Retired("LoRA alpha is 2 x the rank of each lora:R plan entry",
+                              lambda value, section: value == 2 * section.get("lora_r", 8)),
+        "lora_dropout": Retired("LoRA dropout is 0.05 in every lora:R plan entry", lambda value, section: value == 0.05),
+    }
+
     name: str = option("darec", "Model name.")
     backbone: str = option("smollm2", "tiny, smollm2 (offline default) or a Hugging Face model directory / hub id.")
     keep_layers: int = option(0, "Keep only the first N decoder layers (0 = all).")
