@@ -76,6 +76,9 @@ def main() -> None:
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
     parser.add_argument("--tag", default="", help="name a second search with other search settings: its search, run and "
                         "row become search@TAG and searched@TAG, beside the first")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="train the plans again under this seed, beside the first (runs and rows NAME@seedN); the searched "
+                        "plan comes from the finished search, which is not run again")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -93,7 +96,13 @@ def main() -> None:
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
     searched, search_dir, summary_file = f"searched{suffix}", work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
-    if "searched" in args.plans:
+    seeded, seed = (f"@seed{args.seed}", [f"seed={args.seed}"]) if args.seed else ("", [])
+    if "searched" in args.plans and args.seed:
+        if not summary_file.exists():
+            raise SystemExit(f"--seed trains a searched plan again, but {summary_file} does not exist: run the search first")
+        summary = yaml.safe_load(summary_file.read_text())
+        search_seconds, plans = summary["seconds"], {searched: summary["plan"], **uniform}
+    elif "searched" in args.plans:
         # Seconds of earlier invocations of this search (it resumes), so the row has its whole wall time.
         start = time.perf_counter() - (yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0)
         if (search_dir / "study.db").exists():
@@ -114,23 +123,25 @@ def main() -> None:
                             args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}{suffix}-{picture}")
         summary_file.write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
     for name, plan in ((n, p) for n, p in plans.items() if n.split("@")[0] in args.plans):
-        overrides = [*base_overrides, f"plan={plan}"]
+        overrides = [*base_overrides, *seed, f"plan={plan}"]
+        name = f"{name}{seeded}"
         row = {"dataset": args.dataset, "model": "darec", "variant": f"{args.budget}:{name}", "name": name, "budget": args.budget,
-               "plan": json.dumps(plan), "plan_summary": describe_plan(plan), "settings": " ".join(base_overrides),
+               "plan": json.dumps(plan), "plan_summary": describe_plan(plan), "settings": " ".join([*base_overrides, *seed]),
                "machine": machine(), "versions": versions(), "command": command_line()}
         rows = train_rows(work / name, overrides, row)
         count = trainable(overrides, work / name)
         for r in rows:
             r["trainable_parameters"] = count
-            if name == searched:
+            if name == searched + seeded:
                 r.update(search_seconds=search_seconds, search_trials=summary["trials"],
                          search_best_valid=summary["best_value"])
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
     # Once both are trained (perhaps by two processes): the searched plan against uniform LoRA, user by user.
+    searched, lora = searched + seeded, "uniform-lora" + seeded
     if (work / searched / "results.json").exists() and args.results.exists():
         rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}"]
-        save_rows(args.results, versus(rows, work / searched, work / "uniform-lora", "uniform_lora"), markdown)
+        save_rows(args.results, versus(rows, work / searched, work / lora, "uniform_lora"), markdown)
 
 
 if __name__ == "__main__":
