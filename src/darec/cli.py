@@ -209,8 +209,9 @@ def evaluate(
 
 @app.command()
 def compare(
-    run_a: Annotated[Path, typer.Argument(help="A run directory (the reference).")],
-    run_b: Annotated[Path, typer.Argument(help="A run directory on the same data.")],
+    run_a: Annotated[str, typer.Argument(help="A run directory (the reference), or several runs of one configuration joined by "
+                                         "commas (e.g. seeds: each user's metric is averaged over them).")],
+    run_b: Annotated[str, typer.Argument(help="A run directory on the same data, or several joined by commas.")],
     metric: Annotated[str, typer.Option(help="Per-user test metric to compare (ndcg@10, hit@10, mrr@10, ...).")] = "ndcg@10",
     samples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples of the users.")] = 10_000,
     group: Annotated[Optional[str], typer.Option(
@@ -221,11 +222,12 @@ def compare(
     from darec.train.significance import compare_runs
 
     try:
-        result = compare_runs(run_a, run_b, metric, samples, group, head_share)
+        result = compare_runs(run_a.split(","), run_b.split(","), metric, samples, group, head_share)
     except USER_ERRORS as exc:
         _fail(exc)
     users = f"{result['users']} {group} users" if group else f"{result['users']} users"
-    table = Table(title=f"test {metric}, full ranking, {users}")
+    seeds = ", each side averaged over its runs" if max(result["runs_a"], result["runs_b"]) > 1 else ""
+    table = Table(title=f"test {metric}, full ranking, {users}{seeds}")
     for column in ("A", "B", "B - A", "95% interval", "p (paired t)"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['mean_a']:.4f}", f"{result['mean_b']:.4f}", f"{result['difference']:+.4f}",

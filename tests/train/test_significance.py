@@ -39,8 +39,9 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     test = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())
                 if r["split"] == "test" and r["protocol"] == "full" and not r["exclude_history"])
     assert (tmp_path / "a" / PER_USER).exists() and float(saved["ndcg@10"].mean()) == pytest.approx(test["ndcg@10"])
-    (tmp_path / "a" / PER_USER).unlink()  # a run from before: computed from its weights instead
+    (tmp_path / "a" / PER_USER).unlink()  # a run from before: computed from its weights instead, and kept
     assert np.allclose(per_user_metrics(tmp_path / "a")["ndcg@10"], saved["ndcg@10"], atol=1e-6)
+    assert (tmp_path / "a" / PER_USER).exists()
     result = compare_runs(tmp_path / "a", tmp_path / "b", samples=500)
     assert result["users"] == len(saved["ndcg@10"]) and result["ci_low"] <= result["difference"] <= result["ci_high"]
 
@@ -62,7 +63,17 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@11"])
     assert out.exit_code == 2 and "no metric 'ndcg@11'" in out.output
 
+    # Several runs a side (e.g. seeds; here another size): each user's metric is their mean.
+    Trainer(build_config(overrides=[*base, "hidden_size=20"]), tmp_path / "c", progress=False).fit()
+    both = (saved["ndcg@10"].astype(np.float64) + per_user_metrics(tmp_path / "c")["ndcg@10"]) / 2
+    pooled = compare_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "b", samples=500)
+    assert pooled["runs_a"] == 2 and pooled["runs_b"] == 1
+    assert pooled["mean_a"] == pytest.approx(float(both.mean())) and pooled["mean_b"] == pytest.approx(result["mean_b"])
+    out = CliRunner().invoke(app, ["compare", f"{tmp_path / 'a'},{tmp_path / 'c'}", str(tmp_path / "b"), "--samples", "500"])
+    assert out.exit_code == 0 and "each side averaged" in out.output and f"{pooled['mean_a']:.4f}" in out.output, out.output
+
     # The synthetic data follow the seed: another seed, other users and items.
     Trainer(build_config(overrides=[*base, "hidden_size=16", "seed=7"]), tmp_path / "other", progress=False).fit()
-    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "other")])
-    assert out.exit_code == 2 and "different data" in out.output
+    for b in (str(tmp_path / "other"), f"{tmp_path / 'b'},{tmp_path / 'other'}"):  # one run of several is enough
+        out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), b])
+        assert out.exit_code == 2 and "different data" in out.output, out.output

@@ -8,6 +8,8 @@ of the difference of means, and a paired t-test its p-value.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from scipy import stats
 
 from darec.train.checkpoint import load_tensors, save_tensors
-from darec.train.run import load_run, load_run_dataset, read_config
+from darec.train.run import STATE, load_run, load_run_dataset, read_config
 
 PER_USER = "per_user_test.safetensors"  # in a run directory: each test user's metrics, full ranking as trained
 
@@ -43,7 +45,8 @@ def save_per_user(run_dir: Path, metrics: dict[str, np.ndarray]) -> None:
 
 def per_user_metrics(run_dir: Path) -> dict[str, np.ndarray]:
     """Each test user's metrics of a run (full ranking, history as trained): saved by the run
-    when it finished, else computed from its best weights."""
+    when it finished, else computed from its best weights (and saved, if the run has
+    finished, so a run from before the file existed is evaluated once)."""
     path = Path(run_dir) / PER_USER
     if path.exists():
         return {k: v.numpy() for k, v in load_tensors(path).items()}
@@ -52,27 +55,54 @@ def per_user_metrics(run_dir: Path) -> dict[str, np.ndarray]:
     run = load_run(run_dir)
     histories, targets = load_run_dataset(run_dir, run.config).split("test")
     t = run.config.train
-    return evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
+    metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
+    state = Path(run_dir) / STATE
+    if state.exists() and json.loads(state.read_text()).get("finished"):  # an unfinished run's best weights may change
+        save_per_user(run_dir, metrics)
+    return metrics
 
 
-def compare_runs(run_a: Path, run_b: Path, metric: str = "ndcg@10", samples: int = 10_000,
+Runs = Path | str | Sequence[Path | str]
+
+
+def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int = 10_000,
                  group: str | None = None, head_share: float = 0.2) -> dict[str, float]:
     """:func:`paired_comparison` of two runs' test ``metric``; refuses runs on different users.
+
+    Either side may be several runs of one configuration (e.g. seeds): each user's metric is
+    then the mean over that side's runs, which takes training noise out of the per-user
+    values; the interval is still over users, so look at the seeds' own spread too.
     ``group`` (``tail-items``, ``head-items``, ``short-users``, ``long-users``; see
     :mod:`darec.train.groups`) pairs only the test users of that group."""
-    ids_a, ids_b = (Path(r) / "id_map.json" for r in (run_a, run_b))
-    if ids_a.read_text() != ids_b.read_text():  # before any evaluation: a mismatch needs none
-        raise ValueError(f"{run_a} and {run_b} were trained on different data (their id maps differ): nothing to pair")
-    a, b = per_user_metrics(run_a), per_user_metrics(run_b)
-    if metric not in a:
-        raise KeyError(f"no metric {metric!r}; the runs have {', '.join(sorted(a))}")
-    a, b = a[metric], b[metric]
+    runs_a, runs_b = _runs(run_a), _runs(run_b)
+    first = runs_a[0]
+    for other in [*runs_a[1:], *runs_b]:  # before any evaluation: a mismatch needs none
+        if (first / "id_map.json").read_text() != (other / "id_map.json").read_text():
+            raise ValueError(f"{first} and {other} were trained on different data (their id maps differ): nothing to pair")
+    a, b = _mean_metric(runs_a, metric), _mean_metric(runs_b, metric)
     if group is not None:
         from darec.train.groups import user_groups
 
-        data = load_run_dataset(run_a, read_config(run_a))
+        data = load_run_dataset(first, read_config(first))
         groups = user_groups(data, *data.split("test"), head_share=head_share)
         if group not in groups:
             raise KeyError(f"no group {group!r}; the groups are {', '.join(groups)}")
         a, b = a[groups[group]], b[groups[group]]
-    return paired_comparison(a, b, samples)
+    return {**paired_comparison(a, b, samples), "runs_a": len(runs_a), "runs_b": len(runs_b)}
+
+
+def _runs(runs: Runs) -> list[Path]:
+    runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    if not runs:
+        raise ValueError("a comparison needs at least one run on each side")
+    return runs
+
+
+def _mean_metric(runs: list[Path], metric: str) -> np.ndarray:
+    values = []
+    for run in runs:
+        metrics = per_user_metrics(run)
+        if metric not in metrics:
+            raise KeyError(f"no metric {metric!r}; the runs have {', '.join(sorted(metrics))}")
+        values.append(metrics[metric].astype(np.float64))
+    return np.mean(values, axis=0)
