@@ -104,7 +104,8 @@ def markdown(rows: list[Row]) -> str:
          "The budget column says which settings ran (see the script's docstring); `cpu` is a reduced budget; `-` is SASRec",
          "with its own defaults (every window, the last 50 items, early stopping). Seconds per epoch were measured with other",
          "work sharing the machine: not a speed comparison (on `gpu`, 6 to 15 runs shared one H100).", TIME_LIMITED,
-         "vs SASRec: test NDCG@10 minus that of `sasrec-same-data` (same budget), paired over the test users, with its 95%",
+         "vs SASRec: test NDCG@10 minus that of `sasrec-same-data` (same budget, and same tag where it has one), paired over",
+         "the test users, with its 95%"
          "bootstrap interval and paired t-test p (`darec compare`); `-` where not computed (rows from before it existed)."],
         ["dataset", "budget", "variant", "epochs (best)", "valid NDCG@10", "test NDCG@10", "test HR@10",
          "test NDCG@10, history excluded", "s / epoch", "vs SASRec"], cells)
@@ -138,7 +139,11 @@ def main() -> None:
         run_dir = run_dir_for(args.workdir, args.dataset, name, args.budget)
         rows = train_rows(run_dir, overrides, base, args.evaluate_only)
         if model != "sasrec":
-            rows = versus(rows, run_dir, run_dir_for(args.workdir, args.dataset, "sasrec-same-data", args.budget), "sasrec")
+            # The SASRec of the same tag where there is one (e.g. the same seed), else the budget's own.
+            reference = run_dir_for(args.workdir, args.dataset, tagged("sasrec-same-data", args.tag), args.budget)
+            if not reference.exists():
+                reference = run_dir_for(args.workdir, args.dataset, "sasrec-same-data", args.budget)
+            rows = versus(rows, run_dir, reference, "sasrec")
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
 
