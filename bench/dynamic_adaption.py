@@ -1,12 +1,12 @@
 """The searched layer-wise adapter plan against uniform plans (DARec's dynamic adaption).
 
 For each data set: search the plan (``darec search``: optuna, validation NDCG@10 after a
-short budget, trainable parameters capped at those of uniform LoRA), then train three
-plans to convergence under the same settings: the searched plan, uniform LoRA (the cap, so
-the searched plan has no more trainable parameters) and uniform Houlsby. Rows report
-validation and test NDCG@10 / HR@10, trainable parameters and the search's wall time, in
-bench/results/dynamic_adaption.json (markdown beside it); the search's two pictures are
-copied beside them. Budgets as in darec_accuracy.py.
+short budget, trainable parameters capped at those of uniform LoRA, which is the first
+trial), then train three plans to convergence under the same settings: the searched plan,
+uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
+Houlsby. Rows report validation and test NDCG@10 / HR@10, trainable parameters and the
+search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
+search's two pictures are copied beside them. Budgets as in darec_accuracy.py.
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget gpu --trials 30 --search-steps 300
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
@@ -27,6 +27,7 @@ from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, machine,
 from darec_accuracy import BUDGETS
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
+from darec.search.space import DEFAULT_CHOICES
 from darec.train.significance import compare_runs
 from darec.train import Trainer, build_config
 
@@ -113,9 +114,13 @@ def main() -> None:
             runner.config.minutes = args.search_minutes
             summary = runner.run(resume=True)
         else:
+            # Uniform LoRA is the first trial: the search is measured against it at its own budget too.
+            lora = f"lora:{args.lora_r}"
+            choices = DEFAULT_CHOICES if lora in DEFAULT_CHOICES else [*DEFAULT_CHOICES, lora]
             runner = Search(build_config(overrides=base_overrides),
-                            SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap,
-                                         minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir)
+                            SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices,
+                                         start_with=[lora], minutes=args.search_minutes,
+                                         valid_users=args.search_valid_users), search_dir)
             summary = runner.run()
         search_seconds = time.perf_counter() - start
         if "plan" not in summary:

@@ -100,15 +100,17 @@ def test_download_errors_are_clear(tmp_path: Path) -> None:
 def test_search_then_train_with_the_best_plan(tmp_path: Path) -> None:
     tiny = ["--set", "backbone=tiny", "--set", "item_tokens=4", "--set", "max_len=10"]
     result = runner.invoke(app, ["search", str(tmp_path / "s"), "--dataset", "synthetic-tiny", *tiny, "--trials", "2",
-                                 "--budget", "4", "--rungs", "1", "--sampler", "tpe"])
+                                 "--budget", "4", "--rungs", "1", "--sampler", "tpe", "--start-with", "ia3"])
     assert result.exit_code == 0, result.output
     assert "best of 2 trials" in result.output and (tmp_path / "s" / "best_plan.yaml").exists()
+    import yaml
+
+    first = yaml.safe_load((tmp_path / "s" / "trials" / "trial-0" / "config.yaml").read_text())["model"]["plan"]
+    assert first == ["ia3", "ia3"]  # the tiny backbone's two layers
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--model", "darec", "--dataset", "synthetic-tiny", *tiny, "--set", "epochs=1",
                                  "--plan", str(tmp_path / "s" / "best_plan.yaml"), "--run-dir", str(run), "--no-progress"])
     assert result.exit_code == 0, result.output
-    import yaml
-
     saved = yaml.safe_load((run / "config.yaml").read_text())["model"]["plan"]
     assert saved == yaml.safe_load((tmp_path / "s" / "best_plan.yaml").read_text())["plan"]
     result = runner.invoke(app, ["search", str(tmp_path / "s2"), "--model", "sasrec", "--dataset", "synthetic-tiny"])

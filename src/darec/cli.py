@@ -125,6 +125,8 @@ def search(
     groups: Annotated[int, typer.Option(help="Groups of consecutive layers sharing one choice (0 = auto, at most 6).")] = 0,
     minutes: Annotated[float, typer.Option(help="Start no new trial after this many minutes (0 = no limit).")] = 0.0,
     valid_users: Annotated[int, typer.Option(help="Score trials on a fixed sample of this many validation users (0 = all).")] = 0,
+    start_with: Annotated[Optional[list[str]], typer.Option(
+        "--start-with", help="A choice tried first as a uniform plan, e.g. lora:8 (repeatable; with --resume, added).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search in OUT (its saved settings; --trials may raise the total).")] = False,
 ) -> None:
     """Search the layer-wise adapter plan by Bayesian optimisation on validation NDCG@10."""
@@ -136,12 +138,14 @@ def search(
             runner = Search.resume(out, console=err)
             runner.config.trials = max(runner.config.trials, trials)
             runner.config.minutes = minutes
+            runner.config.start_with = [*runner.config.start_with, *(start_with or [])]
         else:
             values = load_yaml(config) if config else {}
             overrides = [f"data.dataset={dataset}", *(set_ or [])] if dataset else (set_ or [])
             run = build_config(values, overrides, model=model, source=str(config or "--set"))
             settings = SearchConfig(trials=trials, budget=budget, rungs=rungs, sampler=sampler, pruner=pruner,
-                                    max_trainable=max_trainable, groups=groups, minutes=minutes, valid_users=valid_users)
+                                    max_trainable=max_trainable, groups=groups, minutes=minutes, valid_users=valid_users,
+                                    start_with=start_with or [])
             runner = Search(run, settings, out, console=err)
         summary = runner.run(resume=resume)
     except USER_ERRORS as exc:

@@ -99,3 +99,25 @@ def test_trials_can_score_a_sample_of_validation_users(tmp_path: Path) -> None:
     run.train.valid_users = 5
     Search(run, SearchConfig(trials=1, budget=4, rungs=1, pruner="none", groups=1, choices=["lora:4"]), tmp_path / "t").run()
     assert load_run(tmp_path / "t" / "trials" / "trial-0").config.train.valid_users == 5
+
+
+def test_start_plans_are_tried_first_and_once(tmp_path: Path) -> None:
+    from darec.search import SearchConfig
+    from darec.train import build_config
+
+    run = build_config(overrides=["model=darec", "backbone=tiny", "item_tokens=4", "max_len=10", "dataset=synthetic-tiny"])
+    settings = SearchConfig(trials=2, budget=4, rungs=1, sampler="tpe", pruner="none", choices=["none", "lora:4", "ia3"],
+                            start_with=["ia3", "none"])
+    Search(run, settings, tmp_path / "s").run()
+    resumed = Search.resume(tmp_path / "s")
+    assert resumed.config.start_with == ["ia3", "none"]
+    resumed.config.trials = 3
+    resumed.run(resume=True)  # the start plans are in the study already: not queued again
+    import optuna
+
+    trials = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
+    assert [t.user_attrs["plan"] for t in trials[:2]] == [["ia3", "ia3"], ["none", "none"]]
+    assert len(trials) == 3 and ["fixed_params" in t.system_attrs for t in trials] == [True, True, False]
+    settings.start_with = ["lora:8"]
+    with pytest.raises(ConfigError, match=r"search.start_with\[0\]: 'lora:8' is not one of search.choices"):
+        Search(run, settings, tmp_path / "t").run()

@@ -26,6 +26,8 @@ class SearchConfig:
     max_trainable: int = option(0, "Cap on trainable parameters; plans above it are not trained (0 = no cap).")
     groups: int = option(0, "Groups of consecutive layers that share one choice (0 = one per layer up to 6 layers, else 6).")
     choices: list[str] = option(DEFAULT_CHOICES, "Adapters a group may take.")
+    start_with: list[str] = option([], "Choices tried first, each as a uniform plan (every group the same), e.g. lora:8: "
+                                        "the search then starts from known plans, and its best at this budget is at least theirs.")
     seed: int = option(42, "Sampler seed.")
     valid_users: int = option(0, "Score each trial on a fixed random sample of this many validation users (0 = all): "
                                  "much cheaper rungs on large data sets, for a noisier objective.")

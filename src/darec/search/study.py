@@ -102,6 +102,7 @@ class Search:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             study.enqueue_trial(trial.params)
             shutil.rmtree(self.out / "trials" / f"trial-{trial.number}", ignore_errors=True)
+        self._enqueue_start_plans(study)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         left = self.config.trials - len(study.get_trials(deepcopy=False, states=finished))
         self.console.log(f"plan search: {self.n_layers} layers in {len(self.groups)} groups, {len(self.config.choices)} "
@@ -110,6 +111,17 @@ class Search:
             study.optimize(self._objective, n_trials=left, timeout=60 * self.config.minutes or None,
                            callbacks=[lambda s, t: self._report(s)])
         return self._report(study)
+
+    def _enqueue_start_plans(self, study) -> None:
+        """Queue each ``start_with`` choice as a uniform plan, unless the study already holds it (a resumed search)."""
+        seen = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+        for i, choice in enumerate(self.config.start_with):
+            if choice not in self.config.choices:
+                raise ConfigError(f"search.start_with[{i}]: {choice!r} is not one of search.choices {self.config.choices}")
+            params = {f"group_{g}": choice for g in range(len(self.groups))}
+            if params not in seen:
+                study.enqueue_trial(params)
+                seen.append(params)
 
     def _objective(self, trial) -> float:
         import optuna

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from darec.data.batching import pad_right
+from darec.serve import Recommender
+from darec.train import Trainer, build_config
+
+FAST = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    run_dir = tmp_path_factory.mktemp("serve") / "run"
+    Trainer(build_config(overrides=FAST), run_dir, progress=False).fit()
+    return Recommender(run_dir, device="cpu")
+
+
+def test_top_k_follows_the_model_scores_in_original_ids(recommender: Recommender) -> None:
+    history = recommender.item_ids[1:4]
+    recs = recommender.top_k(history, k=5)
+    seq = recommender.internal(history)
+    items, lengths = pad_right([seq], recommender.model.max_len)
+    with torch.no_grad():
+        scores = recommender.model.score(torch.from_numpy(items), torch.from_numpy(lengths))[0]
+    scores[0] = float("-inf")
+    scores[torch.from_numpy(seq)] = float("-inf")
+    expected = [recommender.item_ids[i] for i in scores.topk(5).indices.tolist()]
+    assert [r["item"] for r in recs] == expected
+    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+
+
+def test_seen_items_only_when_asked_and_k_capped_by_the_catalogue(recommender: Recommender) -> None:
+    history = recommender.item_ids[1:4]
+    catalogue = len(recommender.item_ids) - 1  # index 0 is padding
+    everything = recommender.top_k(history, k=10 * catalogue, include_seen=True)
+    assert len(everything) == catalogue and set(history) <= {r["item"] for r in everything}
+    assert len(recommender.top_k(history, k=10 * catalogue)) == catalogue - len(history)
+
+
+def test_bad_requests_say_what_is_wrong(recommender: Recommender) -> None:
+    with pytest.raises(KeyError, match="unknown item id.*'nope'"):
+        recommender.top_k(["nope"])
+    with pytest.raises(ValueError, match="history is empty"):
+        recommender.top_k([])
