@@ -216,22 +216,23 @@ def compare(
     run_a: Annotated[str, typer.Argument(help="A run directory (the reference), or several runs of one configuration joined by "
                                          "commas (e.g. seeds: each user's metric is averaged over them).")],
     run_b: Annotated[str, typer.Argument(help="A run directory on the same data, or several joined by commas.")],
-    metric: Annotated[str, typer.Option(help="Per-user test metric to compare (ndcg@10, hit@10, mrr@10, ...).")] = "ndcg@10",
+    metric: Annotated[str, typer.Option(help="Per-user metric to compare (ndcg@10, hit@10, mrr@10, ...).")] = "ndcg@10",
+    split: Annotated[str, typer.Option(help="test, or valid (what ablations are judged on; computed once per run).")] = "test",
     samples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples of the users.")] = 10_000,
     group: Annotated[Optional[str], typer.Option(
-        help="Only the test users of one group: tail-items, head-items, short-users or long-users (see evaluate --groups).")] = None,
+        help="Only the users of one group: tail-items, head-items, short-users or long-users (see evaluate --groups).")] = None,
     head_share: Annotated[float, typer.Option(help="With --group: share of items that are head, of users that are long.")] = 0.2,
 ) -> None:
-    """Is B better than A? Their test metric user by user: the difference with a 95% paired-bootstrap interval and a paired t-test."""
+    """Is B better than A? Their metric user by user: the difference with a 95% paired-bootstrap interval and a paired t-test."""
     from darec.train.significance import compare_runs
 
     try:
-        result = compare_runs(run_a.split(","), run_b.split(","), metric, samples, group, head_share)
+        result = compare_runs(run_a.split(","), run_b.split(","), metric, samples, group, head_share, split)
     except USER_ERRORS as exc:
         _fail(exc)
     users = f"{result['users']} {group} users" if group else f"{result['users']} users"
     seeds = ", each side averaged over its runs" if max(result["runs_a"], result["runs_b"]) > 1 else ""
-    table = Table(title=f"test {metric}, full ranking, {users}{seeds}")
+    table = Table(title=f"{split} {metric}, full ranking, {users}{seeds}")
     for column in ("A", "B", "B - A", "95% interval", "p (paired t)"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['mean_a']:.4f}", f"{result['mean_b']:.4f}", f"{result['difference']:+.4f}",

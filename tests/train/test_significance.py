@@ -38,10 +38,11 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     saved = per_user_metrics(tmp_path / "a")
     test = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())
                 if r["split"] == "test" and r["protocol"] == "full" and not r["exclude_history"])
-    assert (tmp_path / "a" / PER_USER).exists() and float(saved["ndcg@10"].mean()) == pytest.approx(test["ndcg@10"])
-    (tmp_path / "a" / PER_USER).unlink()  # a run from before: computed from its weights instead, and kept
+    test_file = tmp_path / "a" / PER_USER.format(split="test")
+    assert test_file.exists() and float(saved["ndcg@10"].mean()) == pytest.approx(test["ndcg@10"])
+    test_file.unlink()  # a run from before: computed from its weights instead, and kept
     assert np.allclose(per_user_metrics(tmp_path / "a")["ndcg@10"], saved["ndcg@10"], atol=1e-6)
-    assert (tmp_path / "a" / PER_USER).exists()
+    assert test_file.exists()
     result = compare_runs(tmp_path / "a", tmp_path / "b", samples=500)
     assert result["users"] == len(saved["ndcg@10"]) and result["ci_low"] <= result["difference"] <= result["ci_high"]
 
@@ -62,6 +63,17 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "no group 'tail'" in out.output
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@11"])
     assert out.exit_code == 2 and "no metric 'ndcg@11'" in out.output
+
+    # Validation (what ablations are judged on): computed from the best weights once, matching the run's own valid row.
+    valid = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())
+                 if r["split"] == "valid" and r["protocol"] == "full" and not r["exclude_history"])
+    on_valid = compare_runs(tmp_path / "a", tmp_path / "b", samples=500, split="valid")
+    assert on_valid["mean_a"] == pytest.approx(valid["ndcg@10"], abs=1e-6) and on_valid["mean_a"] != result["mean_a"]
+    assert (tmp_path / "a" / PER_USER.format(split="valid")).exists()
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "valid", "--samples", "500"])
+    assert out.exit_code == 0 and "valid ndcg@10" in out.output and f"{on_valid['mean_a']:.4f}" in out.output, out.output
+    out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "train"])
+    assert out.exit_code == 2 and "split 'train' is not one of valid, test" in out.output, out.output
 
     # Several runs a side (e.g. seeds; here another size): each user's metric is their mean.
     Trainer(build_config(overrides=[*base, "hidden_size=20"]), tmp_path / "c", progress=False).fit()

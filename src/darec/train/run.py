@@ -10,7 +10,8 @@
       trainer_state.json   epoch, early-stopping state, metric history; names the checkpoint
       metrics.jsonl        one line per epoch
       results.json         final rows (valid and test, full and sampled protocols)
-      per_user_test.safetensors  each test user's metrics, for paired comparisons (darec compare)
+      per_user_test.safetensors  each test user's metrics, for paired comparisons (darec compare);
+                                 per_user_valid.safetensors once a comparison on validation asked for it
 
 Every file is written atomically; ``trainer_state.json`` is written last and is the
 commit point of a checkpoint.

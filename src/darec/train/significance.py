@@ -19,7 +19,8 @@ from scipy import stats
 from darec.train.checkpoint import load_tensors, save_tensors
 from darec.train.run import STATE, load_run, load_run_dataset, read_config
 
-PER_USER = "per_user_test.safetensors"  # in a run directory: each test user's metrics, full ranking as trained
+PER_USER = "per_user_{split}.safetensors"  # in a run directory: each user's metrics on a split, full ranking as trained
+SPLITS = ("valid", "test")
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, samples: int = 10_000, confidence: float = 0.95,
@@ -39,26 +40,29 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, samples: int = 10_000, confi
             "ci_low": float(np.quantile(means, tail)), "ci_high": float(np.quantile(means, 1 - tail)), "p_value": p}
 
 
-def save_per_user(run_dir: Path, metrics: dict[str, np.ndarray]) -> None:
-    save_tensors(Path(run_dir) / PER_USER, {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
+def save_per_user(run_dir: Path, metrics: dict[str, np.ndarray], split: str = "test") -> None:
+    save_tensors(Path(run_dir) / PER_USER.format(split=split),
+                 {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
 
 
-def per_user_metrics(run_dir: Path) -> dict[str, np.ndarray]:
-    """Each test user's metrics of a run (full ranking, history as trained): saved by the run
-    when it finished, else computed from its best weights (and saved, if the run has
-    finished, so a run from before the file existed is evaluated once)."""
-    path = Path(run_dir) / PER_USER
+def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray]:
+    """Each user's metrics on ``split`` (full ranking, history as trained) of a run's best
+    weights: for test, saved by the run when it finished; else computed (and saved, if the run
+    has finished, so each split of a run is evaluated once)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    path = Path(run_dir) / PER_USER.format(split=split)
     if path.exists():
         return {k: v.numpy() for k, v in load_tensors(path).items()}
     from darec.train.evaluate import evaluate
 
     run = load_run(run_dir)
-    histories, targets = load_run_dataset(run_dir, run.config).split("test")
+    histories, targets = load_run_dataset(run_dir, run.config).split(split)
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
     state = Path(run_dir) / STATE
     if state.exists() and json.loads(state.read_text()).get("finished"):  # an unfinished run's best weights may change
-        save_per_user(run_dir, metrics)
+        save_per_user(run_dir, metrics, split)
     return metrics
 
 
@@ -66,25 +70,26 @@ Runs = Path | str | Sequence[Path | str]
 
 
 def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int = 10_000,
-                 group: str | None = None, head_share: float = 0.2) -> dict[str, float]:
-    """:func:`paired_comparison` of two runs' test ``metric``; refuses runs on different users.
+                 group: str | None = None, head_share: float = 0.2, split: str = "test") -> dict[str, float]:
+    """:func:`paired_comparison` of two runs' ``metric`` on ``split`` (test, or valid: what
+    ablations are judged on); refuses runs on different users.
 
     Either side may be several runs of one configuration (e.g. seeds): each user's metric is
     then the mean over that side's runs, which takes training noise out of the per-user
     values; the interval is still over users, so look at the seeds' own spread too.
     ``group`` (``tail-items``, ``head-items``, ``short-users``, ``long-users``; see
-    :mod:`darec.train.groups`) pairs only the test users of that group."""
+    :mod:`darec.train.groups`) pairs only the users of that group."""
     runs_a, runs_b = _runs(run_a), _runs(run_b)
     first = runs_a[0]
     for other in [*runs_a[1:], *runs_b]:  # before any evaluation: a mismatch needs none
         if (first / "id_map.json").read_text() != (other / "id_map.json").read_text():
             raise ValueError(f"{first} and {other} were trained on different data (their id maps differ): nothing to pair")
-    a, b = _mean_metric(runs_a, metric), _mean_metric(runs_b, metric)
+    a, b = _mean_metric(runs_a, metric, split), _mean_metric(runs_b, metric, split)
     if group is not None:
         from darec.train.groups import user_groups
 
         data = load_run_dataset(first, read_config(first))
-        groups = user_groups(data, *data.split("test"), head_share=head_share)
+        groups = user_groups(data, *data.split(split), head_share=head_share)
         if group not in groups:
             raise KeyError(f"no group {group!r}; the groups are {', '.join(groups)}")
         a, b = a[groups[group]], b[groups[group]]
@@ -98,10 +103,10 @@ def _runs(runs: Runs) -> list[Path]:
     return runs
 
 
-def _mean_metric(runs: list[Path], metric: str) -> np.ndarray:
+def _mean_metric(runs: list[Path], metric: str, split: str) -> np.ndarray:
     values = []
     for run in runs:
-        metrics = per_user_metrics(run)
+        metrics = per_user_metrics(run, split)
         if metric not in metrics:
             raise KeyError(f"no metric {metric!r}; the runs have {', '.join(sorted(metrics))}")
         values.append(metrics[metric].astype(np.float64))
