@@ -100,20 +100,36 @@ def epochs_cell(row: Row) -> str:
     return f"{row['epochs']} ({row['best_epoch']}){' †' if row.get('time_limited') else ''}"
 
 
-def versus(rows: list[Row], run_dir: Path, reference: Path, name: str, group: str | None = None) -> list[Row]:
-    """Add to the test row (full ranking, history kept) the paired comparison of this run's
-    test NDCG@10 with the ``reference`` run's, user by user (``darec compare``): ``vs_NAME``
-    (the difference), its 95% interval and p-value; with ``group`` (e.g. ``tail-items``) only
-    over that group's users. Left out, saying so, while the reference has not finished."""
-    if not (reference / "results.json").exists():
-        print(f"{run_dir.name}: not compared with {reference.name}, which has not finished", flush=True)
+def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[Path], name: str, group: str | None = None,
+           split: str = "test") -> list[Row]:
+    """Add to the ``split`` row (full ranking, history kept) the paired comparison of this
+    run's NDCG@10 on that split with the ``reference`` run's, user by user (``darec
+    compare``): ``vs_NAME`` (this minus the reference), its 95% interval and p-value; with
+    ``group`` (e.g. ``tail-items``) only over that group's users. Either side may be several
+    runs (seeds): each user's NDCG@10 is then averaged over them. Left out, saying so, while
+    a reference has not finished."""
+    references = [reference] if isinstance(reference, Path) else reference
+    if unfinished := [r.name for r in references if not (r / "results.json").exists()]:
+        print(f"{Path(run_dir).name if isinstance(run_dir, Path) else run_dir[0].name}: not compared with "
+              f"{', '.join(unfinished)}, which has not finished", flush=True)
         return rows
-    result = compare_runs(reference, run_dir, group=group)
+    result = compare_runs(reference, run_dir, group=group, split=split)
     for row in rows:
-        if row["split"] == "test" and row["protocol"] == "full" and not row["exclude_history"]:
+        if row["split"] == split and row["protocol"] == "full" and not row["exclude_history"]:
             row.update({f"vs_{name}": result["difference"], f"vs_{name}_ci_low": result["ci_low"],
                         f"vs_{name}_ci_high": result["ci_high"], f"vs_{name}_p": result["p_value"]})
     return rows
+
+
+def finished_seeds(*runs: Path) -> list[int]:
+    """The seeds N under which every one of ``runs`` was trained again and finished (``RUN@seedN``)."""
+    found = [{int(p.name.rsplit("@seed", 1)[1]) for p in run.parent.glob(f"{run.name}@seed*")
+              if p.name.rsplit("@seed", 1)[1].isdigit() and (p / "results.json").exists()} for run in runs]
+    return sorted(set.intersection(*found)) if found else []
+
+
+def with_seeds(run: Path, seeds: list[int]) -> list[Path]:
+    return [run, *(run.parent / f"{run.name}@seed{s}" for s in seeds)]
 
 
 def versus_cell(row: Row, name: str) -> str:

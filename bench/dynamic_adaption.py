@@ -22,13 +22,12 @@ from pathlib import Path
 
 import yaml
 
-from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, machine, markdown_table, save_rows, train_rows, versions,
-                    versus, versus_cell)
+from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, machine, markdown_table, save_rows,
+                    train_rows, versions, versus, versus_cell, with_seeds)
 from darec_accuracy import BUDGETS
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
 from darec.search.space import DEFAULT_CHOICES
-from darec.train.significance import compare_runs
 from darec.train import Trainer, build_config
 
 RESULTS = HERE / "results" / "dynamic_adaption.json"
@@ -157,18 +156,14 @@ def pool_seeds(args: argparse.Namespace, work: Path, searched: str) -> None:
     """With the plans trained under more than one seed: the searched plan against uniform
     LoRA with each user's NDCG@10 averaged over the seeds of each (``darec compare A1,A2 B1,B2``),
     on the first seed's row."""
-    seeds = sorted(p.name.rsplit("@seed", 1)[1] for p in work.glob(f"{searched}@seed*") if (p / "results.json").exists())
-    seeds = [s for s in seeds if (work / f"uniform-lora@seed{s}" / "results.json").exists()]
+    seeds = finished_seeds(work / searched, work / "uniform-lora")
     if not seeds or not (work / searched / "results.json").exists() or not args.results.exists():
         return
-    result = compare_runs([work / "uniform-lora", *(work / f"uniform-lora@seed{s}" for s in seeds)],
-                          [work / searched, *(work / f"{searched}@seed{s}" for s in seeds)])
     rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}"]
+    rows = versus(rows, with_seeds(work / searched, seeds), with_seeds(work / "uniform-lora", seeds), "uniform_lora_seeds")
     for row in rows:
-        if row["split"] == "test" and row["protocol"] == "full" and not row["exclude_history"]:
-            row.update({"seeds_pooled": 1 + len(seeds), "vs_uniform_lora_seeds": result["difference"],
-                        "vs_uniform_lora_seeds_ci_low": result["ci_low"], "vs_uniform_lora_seeds_ci_high": result["ci_high"],
-                        "vs_uniform_lora_seeds_p": result["p_value"]})
+        if "vs_uniform_lora_seeds" in row:
+            row["seeds_pooled"] = 1 + len(seeds)
     save_rows(args.results, rows, markdown)
 
 
