@@ -21,9 +21,9 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 DAREC_DATA=/tmp/gpu/data
 RES=${RES:-/tmp/res} WORK=${WORK:-/tmp/work}
 LOGS=$RES/logs
 
-pack() {  # results, logs and each run's small files (no weights; per-user test metrics for darec compare) into $OUT
+pack() {  # results, logs and each run's small files (no weights; per-user metrics for darec compare) into $OUT
   (cd /tmp && find work -name metrics.jsonl -o -name trainer_state.json -o -name config.yaml -o -name search_summary.yaml \
-     -o -name per_user_test.safetensors -o -name id_map.json | tar czf "$OUT/res.tgz" res -T -)
+     -o -name "per_user_*.safetensors" -o -name id_map.json | tar czf "$OUT/res.tgz" res -T -)
   (cd /tmp && find work/llmemb -maxdepth 3 -name "*.safetensors" | tar czf "$OUT/emb.tgz" -T -)  # the embedding files
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   grep -h -E "done|Error|error|Traceback|time limit|early stop" $LOGS/*.log | tail -40
