@@ -9,8 +9,8 @@
 #
 #   bash bench/gpu_session.sh prepare         # here: finished runs to reuse into .gpu2/work
 #   bash bench/gpu_session.sh setup           # carry .whl .gpu1: install, check versions
-#   bash bench/gpu_session.sh start 420       # carry .gpu2: SmolLM2, throughput, launch benchmarks and tests; wait
-#   bash bench/gpu_session.sh collect 560     # wait, then pack the results into $OUT
+#   bash bench/gpu_session.sh start 300       # carry .gpu2: SmolLM2, throughput, launch benchmarks and tests; wait
+#   bash bench/gpu_session.sh collect 450     # wait, then compare and pack the results into $OUT
 #
 # The benchmarks share the one GPU in two pools (LLM runs, LLM_JOBS at once; recommender
 # runs, REC_JOBS at once), each LLM run under a wall-clock limit (``max_minutes``: MINUTES,
@@ -22,6 +22,12 @@ RES=${RES:-/tmp/res} WORK=${WORK:-/tmp/work}
 LOGS=$RES/logs
 
 pack() {  # results, logs and each run's small files (no weights; per-user metrics for darec compare) into $OUT
+  # The paired comparisons of runs that finished out of order (an ablation before its full variant): they need the
+  # weights, which stay here. Bounded, as a call is; cut short, it loses nothing (rows are written atomically).
+  for ds in scientific ml-100k; do
+    timeout 60 python3 bench/darec_accuracy.py --budget gpu --dataset $ds --workdir $WORK/darec_accuracy \
+      --results $RES/darec_accuracy.json --compare-only >>$LOGS/compare.log 2>&1
+  done
   (cd /tmp && find work -name metrics.jsonl -o -name trainer_state.json -o -name config.yaml -o -name search_summary.yaml \
      -o -name "per_user_*.safetensors" -o -name id_map.json | tar czf "$OUT/res.tgz" res -T -)
   (cd /tmp && find work/llmemb -maxdepth 3 -name "*.safetensors" | tar czf "$OUT/emb.tgz" -T -)  # the embedding files
