@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, for_model, machine, markdown_table,
@@ -136,7 +137,7 @@ def pool_seeds(args: argparse.Namespace) -> None:
     every seed that both sides finished (``darec compare A,A@seed7 B,B@seed7``)."""
     if not args.results.exists():
         return
-    run = lambda variant: run_dir_for(args.workdir, args.dataset, variant, args.budget)  # noqa: E731
+    run = partial(run_dir_for, args.workdir, args.dataset, budget=args.budget)
     rows = []
     for variant in VARIANTS:
         mine = [r for r in json.loads(args.results.read_text())
