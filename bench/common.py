@@ -123,8 +123,8 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
 
 def finished_seeds(*runs: Path) -> list[int]:
     """The seeds N under which every one of ``runs`` was trained again and finished (``RUN@seedN``)."""
-    found = [{int(p.name.rsplit("@seed", 1)[1]) for p in run.parent.glob(f"{run.name}@seed*")
-              if p.name.rsplit("@seed", 1)[1].isdigit() and (p / "results.json").exists()} for run in runs]
+    found = [{int(seed) for p in run.parent.glob(f"{run.name}@seed*")
+              if (seed := p.name.rsplit("@seed", 1)[1]).isdigit() and (p / "results.json").exists()} for run in runs]
     return sorted(set.intersection(*found)) if found else []
 
 

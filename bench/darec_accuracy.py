@@ -152,10 +152,9 @@ def pool_seeds(args: argparse.Namespace) -> None:
     if not args.results.exists():
         return
     run = partial(run_dir_for, args.workdir, args.dataset, budget=args.budget)
-    rows = []
+    written, rows = json.loads(args.results.read_text()), []
     for variant in VARIANTS:
-        mine = [r for r in json.loads(args.results.read_text())
-                if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{variant}"]
+        mine = [r for r in written if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{variant}"]
         if variant.startswith("sasrec") or not mine or not (run(variant) / "results.json").exists():
             continue
         pairs = [("sasrec-same-data", "sasrec", "test"), *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
@@ -197,6 +196,7 @@ def main() -> None:
     first = None if args.compare_only else next((i for i, v in enumerate(variants) if v in PRETRAINED), None)
     if first is not None and "sasrec-same-data" not in variants[:first]:
         variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
+    written = json.loads(args.results.read_text()) if args.compare_only else []
     for variant in variants:
         overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset, args.tag)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
@@ -206,7 +206,7 @@ def main() -> None:
                 "settings": " ".join(overrides), "machine": machine(), "versions": versions(), "command": command_line()}
         run_dir = run_dir_for(args.workdir, args.dataset, name, args.budget)
         if args.compare_only:
-            rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == base["variant"]]
+            rows = [r for r in written if r["dataset"] == args.dataset and r["variant"] == base["variant"]]
             if not rows or not (run_dir / "results.json").exists():
                 continue
         else:
