@@ -81,8 +81,9 @@ def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int
     :mod:`darec.train.groups`) pairs only the users of that group."""
     runs_a, runs_b = _runs(run_a), _runs(run_b)
     first = runs_a[0]
+    ids = (first / "id_map.json").read_text()
     for other in [*runs_a[1:], *runs_b]:  # before any evaluation: a mismatch needs none
-        if (first / "id_map.json").read_text() != (other / "id_map.json").read_text():
+        if (other / "id_map.json").read_text() != ids:
             raise ValueError(f"{first} and {other} were trained on different data (their id maps differ): nothing to pair")
     a, b = _mean_metric(runs_a, metric, split), _mean_metric(runs_b, metric, split)
     if group is not None:
