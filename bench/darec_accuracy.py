@@ -31,7 +31,8 @@ Each DARec row is compared with ``sasrec-same-data`` on the test users, and each
 with each variant it switches something off in on the validation users (``ABLATION_OF``), both paired
 user by user. ``--seed N`` trains the variants again under seed N (SASRec too, for the
 ``pretrained-cf`` ones), and the first rows then carry both comparisons pooled over the
-seeds; ``--compare-only`` redoes the comparisons on rows already written.
+seeds; ``--compare-only`` redoes the comparisons on rows already written. With ``--tag T`` the seeds' runs are
+``VARIANT@T@seedN`` and pool on the ``VARIANT@T`` rows.
 
     taskset -c 0 python bench/darec_accuracy.py --dataset ml-100k --threads 1
     taskset -c 1 python bench/darec_accuracy.py --dataset scientific --variants sasrec darec --threads 1
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import partial
 from pathlib import Path
 
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, for_model, machine, markdown_table,
@@ -140,21 +140,23 @@ def markdown(rows: list[Row]) -> str:
          "the test users, with its 95% bootstrap interval and paired t-test p (`darec compare`); `-` where not computed.",
          "Switch off − on: an ablation's validation NDCG@10 minus that of the variant with the switch on (no-masking: darec;",
          "no-injection: darec and pretrained-cf; pretrained-cf-no-masking: pretrained-cf), paired over the validation users",
-         "(`darec compare --split valid`): negative where the switch helps. Rows VARIANT@seedN: trained again under seed N (`--seed N`);",
-         "\"N seeds\": the same comparison with each user's NDCG@10 averaged over the seeds of each side."],
+         "(`darec compare --split valid`): negative where the switch helps. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
+         "(`--seed N`, with the same `--tag`); \"N seeds\": the same comparison with each user's NDCG@10 averaged over the seeds of each side."],
         ["dataset", "budget", "variant", "epochs (best)", "valid NDCG@10", "test NDCG@10", "test HR@10",
          "test NDCG@10, history excluded", "s / epoch", "vs SASRec (test)", "switch off − on (valid)"], cells)
 
 
 def pool_seeds(args: argparse.Namespace) -> None:
-    """On each untagged row, its comparisons again with each user's NDCG@10 averaged over
-    every seed that both sides finished (``darec compare A,A@seed7 B,B@seed7``)."""
+    """On each row of the first seed (of ``--tag`` where one is given), its comparisons again with
+    each user's NDCG@10 averaged over every seed that both sides finished (``darec compare A,A@seed7 B,B@seed7``)."""
     if not args.results.exists():
         return
-    run = partial(run_dir_for, args.workdir, args.dataset, budget=args.budget)
+    def run(variant: str) -> Path:
+        return run_dir_for(args.workdir, args.dataset, tagged(variant, args.pool_tag), args.budget)
+
     written, rows = json.loads(args.results.read_text()), []
     for variant in VARIANTS:
-        mine = [r for r in written if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{variant}"]
+        mine = [r for r in written if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{tagged(variant, args.pool_tag)}"]
         if variant.startswith("sasrec") or not mine or not (run(variant) / "results.json").exists():
             continue
         pairs = [("sasrec-same-data", "sasrec", "test"), *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
@@ -182,15 +184,16 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="name for the --set extras: rows become VARIANT@TAG, runs their own "
                         "folders, so a setting tried (e.g. --set lr=3e-4 --tag lr3e-4) sits beside the budget's own rows")
     parser.add_argument("--seed", type=int, default=0, help="train the variants again under seed N, beside the first (runs "
-                        "and rows VARIANT@seedN); the first rows then also carry their comparisons pooled over the seeds")
+                        "and rows VARIANT@seedN, or VARIANT@TAG@seedN with --tag); the first rows then also carry their "
+                        "comparisons pooled over the seeds")
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     parser.add_argument("--compare-only", action="store_true", help="only add the paired comparisons to the rows already in "
                         "the results file (no training, no evaluation beyond the per-user metrics they need)")
     args = parser.parse_args()
+    args.pool_tag = args.tag  # the seeds' comparisons are pooled on the rows of the first seed
     if args.seed:
-        if args.tag:
-            parser.error("--seed names its own runs (VARIANT@seedN): leave out --tag")
-        args.tag, args.extra = f"seed{args.seed}", [*args.extra, f"seed={args.seed}"]
+        args.tag = f"{args.tag}@seed{args.seed}" if args.tag else f"seed{args.seed}"  # runs VARIANT[@TAG]@seedN
+        args.extra = [*args.extra, f"seed={args.seed}"]
     build_config(overrides=["model=darec", *args.extra])  # a typo in --set fails here, not dropped as SASRec-less
     variants = list(args.variants)
     first = None if args.compare_only else next((i for i, v in enumerate(variants) if v in PRETRAINED), None)

@@ -90,7 +90,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, field: str) -> LoadedRun:
     """A finished run another model builds on (e.g. a pre-trained SASRec), on CPU, checked to
     hold ``model`` trained on ``dataset``; errors name the config ``field`` that pointed to it."""
-    loaded = load_run(Path(run_dir), device="cpu")
+    try:
+        loaded = load_run(Path(run_dir), device="cpu")
+    except (ConfigError, FileNotFoundError) as exc:
+        raise ConfigError(f"{field}: {exc}") from exc
     if loaded.config.model.name != model:
         raise ConfigError(f"{field}: {run_dir} holds a {loaded.config.model.name} run, not {model}")
     check_same_data(Path(run_dir), dataset)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,16 @@ def test_a_pretrained_sasrec_is_kept_in_the_loop(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cf_run"):
         Trainer(build_config(overrides=["model=darec", *TINY, *base, f"cf_run={tmp_path / 'cf'}"]), tmp_path / "bad",
                 progress=False)
+    # The finished run carries the SASRec it started from: it loads and scores with that run gone.
+    shutil.rmtree(tmp_path / "cf")
+    loaded = load_run(tmp_path / "darec", device="cpu")
+    items, lengths = pad_right(trainer.dataset.split("test")[0][:8], 10)
+    trainer.model.eval()
+    with torch.no_grad():
+        want = trainer.model.score(torch.from_numpy(items).to(trainer.device), torch.from_numpy(lengths).to(trainer.device))
+        assert torch.allclose(want.cpu(), loaded.model.score(torch.from_numpy(items), torch.from_numpy(lengths)), atol=1e-5)
+    with pytest.raises(ConfigError, match="model.cf_run: .*not a run directory"):  # names the setting at fault
+        Trainer(build_config(overrides=overrides), tmp_path / "gone", progress=False)
 
 
 def test_learns_and_round_trips_through_a_run_directory(tmp_path: Path) -> None:
