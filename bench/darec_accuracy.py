@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, for_model, machine, markdown_table,
@@ -81,8 +82,9 @@ def tagged(variant: str, tag: str) -> str:
     return f"{variant}@{tag}" if tag else variant
 
 
-def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str) -> Path:
-    return workdir / dataset / f"{'-' if variant == 'sasrec' else budget}-{variant}"
+def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str, tag: str = "") -> Path:
+    name = tagged(variant, tag)
+    return workdir / dataset / f"{'-' if name == 'sasrec' else budget}-{name}"
 
 
 def overrides_for(variant: str, budget: str, workdir: Path, dataset: str, tag: str = "") -> list[str]:
@@ -92,7 +94,7 @@ def overrides_for(variant: str, budget: str, workdir: Path, dataset: str, tag: s
     if variant == "sasrec-same-data":
         return [*SASREC, *data]
     if variant in PRETRAINED:
-        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, tagged('sasrec-same-data', tag), budget)}"]
+        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, 'sasrec-same-data', budget, tag)}"]
     return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
 
 
@@ -151,9 +153,7 @@ def pool_seeds(args: argparse.Namespace) -> None:
     each user's NDCG@10 averaged over every seed that both sides finished (``darec compare A,A@seed7 B,B@seed7``)."""
     if not args.results.exists():
         return
-    def run(variant: str) -> Path:
-        return run_dir_for(args.workdir, args.dataset, tagged(variant, args.pool_tag), args.budget)
-
+    run = partial(run_dir_for, args.workdir, args.dataset, budget=args.budget, tag=args.pool_tag)
     written, rows = json.loads(args.results.read_text()), []
     for variant in VARIANTS:
         mine = [r for r in written if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{tagged(variant, args.pool_tag)}"]
@@ -207,7 +207,7 @@ def main() -> None:
         budget, name = "-" if variant == "sasrec" else args.budget, tagged(variant, args.tag)
         base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{name}", "name": name, "budget": budget,
                 "settings": " ".join(overrides), "machine": machine(), "versions": versions(), "command": command_line()}
-        run_dir = run_dir_for(args.workdir, args.dataset, name, args.budget)
+        run_dir = run_dir_for(args.workdir, args.dataset, variant, args.budget, args.tag)
         if args.compare_only:
             rows = [r for r in written if r["dataset"] == args.dataset and r["variant"] == base["variant"]]
             if not rows or not (run_dir / "results.json").exists():
@@ -216,12 +216,12 @@ def main() -> None:
             rows = train_rows(run_dir, overrides, base, args.evaluate_only)
         if model != "sasrec":
             # The SASRec of the same tag where there is one (e.g. the same seed), else the budget's own.
-            reference = run_dir_for(args.workdir, args.dataset, tagged("sasrec-same-data", args.tag), args.budget)
+            reference = run_dir_for(args.workdir, args.dataset, "sasrec-same-data", args.budget, args.tag)
             if not reference.exists():
                 reference = run_dir_for(args.workdir, args.dataset, "sasrec-same-data", args.budget)
             rows = versus(rows, run_dir, reference, "sasrec")
         for full in ABLATION_OF.get(variant, []):
-            rows = versus(rows, run_dir, run_dir_for(args.workdir, args.dataset, tagged(full, args.tag), args.budget), key(full),
+            rows = versus(rows, run_dir, run_dir_for(args.workdir, args.dataset, full, args.budget, args.tag), key(full),
                           split="valid")
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
