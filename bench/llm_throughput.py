@@ -29,7 +29,7 @@ from darec.data import load_dataset
 from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
-from darec.train.run import autocast
+from darec.device import autocast
 
 RESULTS = HERE / "results" / "llm_throughput.json"
 SHAPE = HERE / "configs" / "smollm2-135m.json"

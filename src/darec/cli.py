@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from darec.config import ConfigError, describe, load_yaml
+from darec.io import WriteError
 
 app = typer.Typer(help="LLM-based sequential recommendation: train, evaluate, recommend.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -22,7 +23,9 @@ app.add_typer(config_app, name="config")
 console = Console()
 err = Console(stderr=True, log_path=False)
 
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError)
+# What a user can cause and fix, reported in one line, never as a traceback (DamagedFile and
+# DataError are ValueErrors, BackboneError a ConfigError).
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, WriteError)
 
 
 def _fail(exc: BaseException) -> None:
@@ -256,7 +259,6 @@ def embed(
     that any of our recommenders takes with --set item_embeddings=FILE."""
     from darec.config import from_dict, parse_override
     from darec.data import load_dataset
-    from darec.models.llm.backbone import BackboneError
     from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddings
 
     try:
@@ -265,7 +267,7 @@ def embed(
         data = load_dataset(dataset, data_root)
         table, summary = embed_items(data, config, console=err, progress=progress)
         save_item_embeddings(out, table, data, **summary)
-    except (*USER_ERRORS, BackboneError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     console.print(f"{data.n_items} items x {table.size(1)} dimensions ({config.method}) written to [bold]{out}[/]")
 

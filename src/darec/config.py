@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import field
@@ -18,16 +19,40 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from darec.io import UniqueKeyLoader
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with help text (shown by ``darec config show``)."""
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           above: float | None = None, below: float | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with help text (shown by ``darec config show``) and optional bounds
+    (``low``/``high`` inclusive, ``above``/``below`` exclusive), checked by :func:`from_dict`,
+    which also refuses any NaN or infinite float."""
+    bounds = {k: v for k, v in (("low", low), ("high", high), ("above", above), ("below", below)) if v is not None}
+    metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+_BOUND_TEXT = {"low": (">=", lambda v, b: v >= b), "high": ("<=", lambda v, b: v <= b),
+               "above": (">", lambda v, b: v > b), "below": ("<", lambda v, b: v < b)}
+
+
+def _check_value(f: dataclasses.Field, value: Any, where: str) -> None:
+    """Refuse a value that cannot work, naming the key: a NaN or infinite float, or one
+    outside the field's bounds (so it fails at the door, not deep in training)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    for kind, bound in f.metadata.get("bounds", {}).items():
+        text, ok = _BOUND_TEXT[kind]
+        if not ok(value, bound):
+            raise ConfigError(f"{where}: must be {text} {bound:g}, got {value:g}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +156,9 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str) -> T:
                                   "darec does now, so this config cannot be run as written")
             continue
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in kwargs.items():  # before __post_init__'s cross-field checks read them
+        _check_value(fields[key], value, f"{where}.{key}")
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -181,13 +209,17 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if values is None:
+        raise ConfigError(f"{path}: empty (expected data, model and train sections)")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return values

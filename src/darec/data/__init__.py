@@ -56,9 +56,7 @@ def read_path(path: Path) -> RawData:
     if name.endswith(".csv"):
         items = next((p for p in (path.parent / "movies.csv", path.parent / "items.csv") if p.is_file() and p != path), None)
         return read_csv(path, items)
-    if path.is_file():
-        return read_user_lines(path)
-    raise DataError(path, "file not found")
+    return read_user_lines(path)  # which refuses what is not a regular file
 
 
 def read_raw(name: str, data_root: str | Path | None = None, seed: int = 0) -> RawData:

@@ -16,6 +16,10 @@ what was expected.
 from __future__ import annotations
 
 import csv
+import difflib
+import math
+import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,18 +50,33 @@ ITEM_COLUMNS = ("item_id", "itemid", "movieid", "item", "asin", "product_id")
 TIME_COLUMNS = ("timestamp", "time", "unixreviewtime", "ts", "date")
 TEXT_COLUMNS = ("movie_title", "title", "text", "name")
 EXTRA_TEXT_COLUMNS = ("release_year", "year", "genres", "genre", "class", "categories", "brand")
+# C0 and C1 control characters but the tab (a separator): never part of an id or a title.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # How attribute columns read in prompts ("movie title is ..." -> "title is ..."); others: underscores become spaces.
 ATTRIBUTE_NAMES = {"movie_title": "title", "name": "title", "text": "description", "class": "genre", "release_year": "release year"}
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The file's lines (a UTF-8 BOM dropped, CRLF or LF endings), refusing anything that is
+    not a readable regular UTF-8 text file, or holds control characters (tabs aside)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
+        if not path.is_file():  # a folder, FIFO or device would fail later or block forever
+            raise DataError(path, "file not found" if not os.path.lexists(path) else "not a regular file")
+        data = path.read_bytes()
+    except OSError as exc:  # unreadable, a symlink loop, ...
+        raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(path, f"not UTF-8 text (byte {exc.start})") from None
+    # Split on newlines only: str.splitlines also breaks at form feeds and other separators inside a field.
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        bad = CONTROL.search(line)
+        if bad:
+            raise DataError(path, f"control character U+{ord(bad.group()):04X} at column {bad.start() + 1}", number)
     if not any(line.strip() for line in lines):
         raise DataError(path, "file is empty")
     return lines
@@ -80,9 +99,25 @@ def _find(header: list[str], candidates: tuple[str, ...], path: Path, what: str,
 
 def _parse_time(value: str, path: Path, line: int) -> float:
     try:
-        return float(value)
+        time = float(value)
     except ValueError:
         raise DataError(path, f"timestamp {value!r} is not a number", line) from None
+    if not math.isfinite(time):  # a NaN compares false with everything and would scramble the user's order
+        raise DataError(path, f"timestamp {value!r} is not a finite number", line)
+    return time
+
+
+def _time_column(header: list[str], path: Path) -> int | None:
+    """The timestamp column, if any; a column named almost like one is refused rather than
+    silently ignored (the interactions would fall back to file order)."""
+    t = _find(header, TIME_COLUMNS, path, "timestamp", required=False)
+    if t is None:
+        for column in map(_bare, header):
+            close = difflib.get_close_matches(column, TIME_COLUMNS, n=1, cutoff=0.75)
+            if close and column not in (*USER_COLUMNS, *ITEM_COLUMNS, *TEXT_COLUMNS, *EXTRA_TEXT_COLUMNS):
+                raise DataError(path, f"column {column!r} looks like a misspelled timestamp column ({close[0]!r}); "
+                                      "rename it, or drop it to keep the file's order", 1)
+    return t
 
 
 def _sequences_from_interactions(rows: list[tuple[str, str, float]]) -> dict[str, list[str]]:
@@ -96,7 +131,14 @@ def _sequences_from_interactions(rows: list[tuple[str, str, float]]) -> dict[str
 def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line number, fields) rows; ragged lines are errors."""
     lines = _read_lines(path)
-    rows = list(csv.reader(lines, delimiter=delimiter)) if delimiter == "," else [line.split(delimiter) for line in lines]
+    if delimiter == ",":
+        reader = csv.reader(lines, delimiter=delimiter)
+        try:
+            rows = list(reader)
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            raise DataError(path, f"not valid CSV: {exc}", reader.line_num) from None
+    else:
+        rows = [line.split(delimiter) for line in lines]
     header = rows[0]
     body = []
     for number, fields in enumerate(rows[1:], start=2):
@@ -114,7 +156,7 @@ def _interactions(path: Path, delimiter: str) -> list[tuple[str, str, float]]:
     header, body = _read_table(path, delimiter)
     u = _find(header, USER_COLUMNS, path, "user")
     i = _find(header, ITEM_COLUMNS, path, "item")
-    t = _find(header, TIME_COLUMNS, path, "timestamp", required=False)
+    t = _time_column(header, path)
     rows = []
     for number, fields in body:
         user, item = fields[u].strip(), fields[i].strip()
@@ -156,7 +198,7 @@ def read_atomic(inter_path: str | Path, item_path: str | Path | None = None) -> 
     """RecBole atomic files: tab-separated with a typed header (``user_id:token ...``)."""
     inter_path = Path(inter_path)
     sequences = _sequences_from_interactions(_interactions(inter_path, "\t"))
-    if item_path is None and inter_path.with_suffix(".item").exists():
+    if item_path is None and os.path.lexists(inter_path.with_suffix(".item")):  # lexists: a broken link is an error, not absent
         item_path = inter_path.with_suffix(".item")
     texts, attributes = _item_text(Path(item_path), "\t", _all_items(sequences)) if item_path else ({}, {})
     return RawData(sequences, texts, str(inter_path), attributes)
@@ -227,7 +269,7 @@ def read_presplit(prefix: str | Path) -> RawData:
             raise DataError(path, f"user {odd!r} has a row in only one of the valid and test files (leave-one-out needs both)")
     texts: dict[str, str] = {}
     text_path, index_path = Path(f"{prefix}.text"), Path(f"{prefix}.item2index")
-    if text_path.exists():
+    if os.path.lexists(text_path):
         header, body = _read_table(text_path, "\t")
         i = _find(header, ITEM_COLUMNS, text_path, "item")
         t = _find(header, TEXT_COLUMNS, text_path, "text")
@@ -237,7 +279,7 @@ def read_presplit(prefix: str | Path) -> RawData:
                 raise DataError(text_path, f"duplicate item id {fields[i]!r}", number)
             raw[fields[i]] = (fields[t].strip(), number)
         # Sequences use indices; the text file uses original ids (e.g. ASINs): map through item2index.
-        if index_path.exists():
+        if os.path.lexists(index_path):
             index = {}
             for number, line in enumerate(_read_lines(index_path), start=1):
                 parts = line.split("\t")

@@ -20,10 +20,10 @@ from darec.models.transformer import ItemEncoder, TransformerConfig
 @dataclass
 class BERT4RecConfig(TransformerConfig, ItemTableOptions):
     name: str = option("bert4rec", "Model name.")
-    dropout: float = option(0.2, "Dropout on embeddings and hidden states.")
-    attn_dropout: float = option(0.2, "Dropout on attention weights.")
-    mask_prob: float = option(0.2, "Share of items replaced by the mask token in training.")
-    last_mask_prob: float = option(0.1, "Chance a window is trained with only its last item masked, as at inference.")
+    dropout: float = option(0.2, "Dropout on embeddings and hidden states.", low=0, below=1)
+    attn_dropout: float = option(0.2, "Dropout on attention weights.", low=0, below=1)
+    mask_prob: float = option(0.2, "Share of items replaced by the mask token in training.", above=0, high=1)
+    last_mask_prob: float = option(0.1, "Chance a window is trained with only its last item masked, as at inference.", low=0, high=1)
 
 
 @register("bert4rec", BERT4RecConfig)

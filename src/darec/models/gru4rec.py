@@ -19,10 +19,10 @@ from darec.models.registry import register
 @dataclass
 class GRU4RecConfig(ModelConfig, ItemTableOptions):
     name: str = option("gru4rec", "Model name.")
-    hidden_size: int = option(64, "Item embedding size (and output size).")
-    gru_size: int = option(128, "GRU hidden size.")
-    n_layers: int = option(1, "GRU layers.")
-    dropout: float = option(0.3, "Dropout on the item embeddings.")
+    hidden_size: int = option(64, "Item embedding size (and output size).", low=1)
+    gru_size: int = option(128, "GRU hidden size.", low=1)
+    n_layers: int = option(1, "GRU layers.", low=1)
+    dropout: float = option(0.3, "Dropout on the item embeddings.", low=0, below=1)
     loss: Literal["ce", "bce"] = option("ce", "ce: cross-entropy over all items; bce: one sampled negative.")
 
 

@@ -25,8 +25,8 @@ class ItemTableOptions:
                                       "trainable two-layer adapter, instead of learned ID embeddings.")
     align_run: str = option("", "With item_embeddings: a trained SASRec run (same data) whose item embeddings the "
                                 "adapter output is aligned with (empty = no alignment).")
-    align_weight: float = option(0.01, "Weight of that alignment loss.")
-    align_temperature: float = option(0.1, "Temperature of that alignment loss.")
+    align_weight: float = option(0.01, "Weight of that alignment loss.", low=0)
+    align_temperature: float = option(0.1, "Temperature of that alignment loss.", above=0)
 
 
 class AdaptedItemEmbedding(nn.Module):

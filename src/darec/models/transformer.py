@@ -7,18 +7,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from darec.config import option
+from darec.config import ConfigError, option
 from darec.models.base import ModelConfig
 
 
 @dataclass
 class TransformerConfig(ModelConfig):
-    hidden_size: int = option(64, "Embedding and hidden size.")
-    n_layers: int = option(2, "Transformer blocks.")
-    n_heads: int = option(2, "Attention heads.")
-    inner_size: int = option(256, "Feed-forward inner size.")
-    dropout: float = option(0.5, "Dropout on embeddings and hidden states.")
-    attn_dropout: float = option(0.5, "Dropout on attention weights.")
+    hidden_size: int = option(64, "Embedding and hidden size.", low=1)
+    n_layers: int = option(2, "Transformer blocks.", low=1)
+    n_heads: int = option(2, "Attention heads.", low=1)
+    inner_size: int = option(256, "Feed-forward inner size.", low=1)
+    dropout: float = option(0.5, "Dropout on embeddings and hidden states.", low=0, below=1)
+    attn_dropout: float = option(0.5, "Dropout on attention weights.", low=0, below=1)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
 
 
 class ItemEncoder(nn.Module):

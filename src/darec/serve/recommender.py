@@ -32,13 +32,19 @@ class Recommender:
 
     @torch.no_grad()
     def top_k(self, history: list[str], k: int = 10, include_seen: bool = False) -> list[dict[str, Any]]:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         seq = self.internal(history)
         items, lengths = pad_right([seq], self.model.max_len)
         scores = self.model.score(torch.from_numpy(items).to(self.device), torch.from_numpy(lengths).to(self.device))[0].float().clone()
         scores[0] = float("-inf")
         if not include_seen:
             scores[torch.from_numpy(seq).to(self.device)] = float("-inf")
-        k = min(k, int(torch.isfinite(scores).sum()))
+        left = int(torch.isfinite(scores).sum())
+        if not left:
+            raise ValueError(f"nothing left to recommend: the history holds all {len(self.item_ids) - 1} items of the "
+                             "catalogue (include seen items to rank them anyway)")
+        k = min(k, left)
         values, indices = scores.topk(k)
         return [{"item": self.item_ids[i], "score": float(v), "title": self.titles[i]} for v, i in zip(values.tolist(), indices.tolist())]
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 
 from darec.config import ConfigError, did_you_mean, from_dict, option, parse_override, retired_keys, to_dict
+from darec.device import parse_device
 from darec.models import ModelConfig, model_config_class
 
 
@@ -15,44 +16,48 @@ from darec.models import ModelConfig, model_config_class
 class DataConfig:
     dataset: str = option("synthetic", "Named data set (ml-100k, scientific, beauty, sports, synthetic[-tiny|-small|-medium|-large|-xl]) or a path.")
     data_root: str | None = option(None, "Folder holding named data sets (default: $DAREC_DATA, ../shared/data, ~/.cache/darec/data).")
-    k_core: int = option(0, "Iterative k-core filter on users and items (0 = off).")
-    max_len: int = option(50, "Longest history the model reads (most recent items).")
+    k_core: int = option(0, "Iterative k-core filter on users and items (0 = off).", low=0)
+    max_len: int = option(50, "Longest history the model reads (most recent items).", low=1)
     window_overlap: float = option(0.5, "Share of max_len by which training windows of a long sequence overlap, so early "
-                                        "targets in a window still see that much context (0 = none, cheapest).")
+                                        "targets in a window still see that much context (0 = none, cheapest).", low=0, below=1)
     windows_per_user: int = option(0, "Train on only this many windows of each user's sequence, the most recent ones "
-                                      "(0 = all; 1 = the last max_len items, the budget setting for LLM backbones).")
+                                      "(0 = all; 1 = the last max_len items, the budget setting for LLM backbones).", low=0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(200, "Maximum training epochs.")
-    batch_size: int = option(32, "Training windows per batch (small batches learn more per epoch on CPU at little cost).")
-    lr: float = option(1e-3, "AdamW learning rate.")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
+    epochs: int = option(200, "Maximum training epochs.", low=1)
+    batch_size: int = option(32, "Training windows per batch (small batches learn more per epoch on CPU at little cost).", low=1)
+    lr: float = option(1e-3, "AdamW learning rate.", above=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", low=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = option(
         "constant", "Learning rate over the budget of `epochs`: constant, or decaying to 0 at the last epoch, linearly "
                     "or as a half cosine. A resumed run given more epochs stretches the decay.")
-    warmup_ratio: float = option(0.0, "Share of the budget's steps over which the learning rate first rises from 0.")
-    grad_clip: float = option(5.0, "Gradient norm clip (0 = off).")
-    eval_every: int = option(1, "Validate every N epochs.")
+    warmup_ratio: float = option(0.0, "Share of the budget's steps over which the learning rate first rises from 0.", low=0, below=1)
+    grad_clip: float = option(5.0, "Gradient norm clip (0 = off).", low=0)
+    eval_every: int = option(1, "Validate every N epochs.", low=1)
     steps_per_epoch: int = option(0, "Cap on batches per epoch, each epoch a fresh shuffle (0 = a full pass); with eval_every, "
-                                     "how often to validate in steps (used by the adapter search).")
+                                     "how often to validate in steps (used by the adapter search).", low=0)
     max_minutes: float = option(0.0, "Stop after this many minutes of training in this process (0 = no limit): the epoch "
-                                "under way ends early and is validated, and the best weights so far are the result.")
-    patience: int = option(10, "Stop after this many validations without a better valid NDCG@10 (0 = never).")
+                                "under way ends early and is validated, and the best weights so far are the result.", low=0)
+    patience: int = option(10, "Stop after this many validations without a better valid NDCG@10 (0 = never).", low=0)
     seed: int = option(42, "Seed for weights, shuffling, sampling and synthetic data.")
     deterministic: bool = option(False, "Use deterministic algorithms only (slower on GPU).")
     device: str = option("auto", "cpu, cuda, cuda:N, mps or auto.")
-    threads: int = option(0, "CPU threads for torch (0 = torch's default).")
+    threads: int = option(0, "CPU threads for torch (0 = torch's default).", low=0)
     precision: Literal["auto", "fp32", "bf16"] = option(
         "auto", "Training precision: bf16 autocast (fp32 weights), or fp32. auto: bf16 on CUDA with bf16 support, else "
                 "fp32 (bf16 matmuls are slow on most CPUs). Evaluation always scores in fp32.")
-    eval_batch_size: int = option(512, "Users per evaluation batch.")
+    eval_batch_size: int = option(512, "Users per evaluation batch.", low=1)
     valid_users: int = option(0, "Validate during training on a fixed random sample of this many users (0 = all): "
                                  "cheaper validation on large data sets, a noisier early-stopping signal. The "
-                                 "final validation and test rows always use every user.")
+                                 "final validation and test rows always use every user.", low=0)
     exclude_history: bool = option(False, "Remove the user's earlier items from the ranking (RecBole keeps them).")
-    sampled_negatives: int = option(100, "Negatives per user for the sampled protocol.")
+    sampled_negatives: int = option(100, "Negatives per user for the sampled protocol.", low=1)
+
+    def __post_init__(self) -> None:
+        if self.device != "auto":
+            parse_device(self.device)  # the spelling; whether this machine has it is checked when the run starts
 
 
 @dataclass

@@ -15,6 +15,10 @@ from darec.train.metrics import KS, rank_metrics, target_ranks
 Protocol = Literal["full", "sampled"]
 
 
+class NonFiniteScores(ValueError):
+    """A model scored items NaN or +infinite: it has diverged, and its metrics mean nothing."""
+
+
 def sample_negatives(histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int, n: int, seed: int) -> np.ndarray:
     """``n`` distinct items per user, uniformly from those the user never interacted with."""
     rng = np.random.default_rng(seed)
@@ -83,6 +87,10 @@ def evaluate_many(
         batch_items = trim(torch.from_numpy(items[rows])).to(device)
         batch_targets = torch.from_numpy(targets[rows]).to(device)
         scores = model.score(batch_items, torch.from_numpy(lengths[rows]).to(device)).float()
+        broken = (scores[:, 1:].isnan() | (scores[:, 1:] == float("inf"))).any(1)
+        if broken.any():
+            raise NonFiniteScores(f"the model scores items NaN or infinite for {int(broken.sum())} of {len(rows)} users in a "
+                                  "batch: it has diverged (too high a learning rate, or a temperature near 0?)")
         for (protocol, exclude_history, negatives), out in zip(settings, values):
             if protocol == "full":
                 ranked = scores.clone()

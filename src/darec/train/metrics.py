@@ -14,12 +14,14 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     A target that ties with other candidates gets the worst rank among them, so ties never
     flatter a model (a constant scorer ranks every target last). Candidates the caller
     wants out of the ranking must already be set to ``-inf``; a target at ``-inf`` ties
-    with all of them and ranks last.
+    with all of them and ranks last. Broken scores never flatter either: a target scored
+    NaN or +inf ranks last, and a NaN candidate counts as above the target.
     """
     target_scores = scores.gather(1, targets[:, None])
-    higher = (scores > target_scores).sum(1)
+    higher = ((scores > target_scores) | scores.isnan()).sum(1)
     tied = (scores == target_scores).sum(1) - 1
-    return higher + tied
+    broken = target_scores.isnan().squeeze(1) | (target_scores == float("inf")).squeeze(1)
+    return torch.where(broken, scores.size(1) - 1, higher + tied)
 
 
 def rank_metrics(ranks: Tensor, ks: tuple[int, ...] = KS) -> dict[str, Tensor]:

@@ -14,20 +14,26 @@
                                  per_user_valid.safetensors once a comparison on validation asked for it
 
 Every file is written atomically; ``trainer_state.json`` is written last and is the
-commit point of a checkpoint.
+commit point of a checkpoint. It records the SHA-256 of the config, the id map, the best
+weights and every file of the checkpoint, and is sealed by a checksum of its own, so a
+damaged or changed file is named when it is read, never silently used. Each checkpoint
+folder holds a copy of the state it was committed with, and the one before the newest is
+kept, so a resume can fall back to it when the newest is damaged.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
+from darec.device import resolve_device
+from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.train.checkpoint import load_model_state
 from darec.train.config import RunConfig, build_config
@@ -35,6 +41,118 @@ from darec.train.config import RunConfig, build_config
 CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+class RunDir:
+    """The layout of one run directory and checked reads of its files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config, self.id_map, self.best, self.state, self.metrics, self.results = (
+            self.path / name for name in (CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS))
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.path / f"checkpoint-{epoch}"
+
+    def checkpoint_epochs(self) -> list[int]:
+        """Epochs of the checkpoint folders present, newest first."""
+        found = (CHECKPOINT.fullmatch(p.name) for p in self.path.iterdir() if p.is_dir()) if self.path.is_dir() else ()
+        return sorted((int(m.group(1)) for m in found if m), reverse=True)
+
+    def read_config(self, state: dict[str, Any] | None = None) -> RunConfig:
+        """The run's config, checked against the checksum in ``state`` (default: the run's state)."""
+        if not self.config.exists():
+            raise ConfigError(f"{self.path}: not a run directory (no {CONFIG})")
+        verify(self.config, (state if state is not None else self._state_or_empty()).get("config_sha256"))
+        return build_config(load_yaml(self.config), source=str(self.config))
+
+    def _state_or_empty(self) -> dict[str, Any]:
+        return self.read_state() if self.state.exists() else {}
+
+    def read_state(self, path: Path | None = None) -> dict[str, Any]:
+        """``trainer_state.json`` (or the copy at ``path``), checked against its seal."""
+        path = path or self.state
+        state = read_json(path)
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise DamagedFile(f"{path}: damaged (not a trainer state)")
+        if "seal" in state and state["seal"] != seal(state):
+            raise DamagedFile(f"{path}: damaged (its content does not match its checksum)")
+        return state
+
+    def write_state(self, state: dict[str, Any], path: Path | None = None) -> None:
+        state["seal"] = seal(state)
+        atomic_write_json(path or self.state, state)
+
+    def read_id_map(self, state: dict[str, Any] | None = None) -> dict[str, Any]:
+        verify(self.id_map, (state if state is not None else self._state_or_empty()).get("id_map_sha256"))
+        id_map = read_json(self.id_map)
+        if not isinstance(id_map, dict) or not isinstance(id_map.get("items"), list) or not isinstance(id_map.get("users"), list):
+            raise DamagedFile(f"{self.id_map}: damaged (not an id map)")
+        return id_map
+
+    def finished(self) -> bool:
+        return self.state.exists() and bool(self.read_state().get("finished"))
+
+    def best_weights(self) -> Path:
+        """The best weights, checked against the state's checksum. When the state names
+        weights that ``model.safetensors`` does not hold yet (a stop between committing a
+        checkpoint and copying its weights), its checkpoint's copy serves."""
+        if not self.best.exists():
+            raise FileNotFoundError(f"{self.path}: no {BEST} yet (the run has not finished a validation)")
+        state = self._state_or_empty()
+        expected = state.get("best_sha256")
+        if expected is None or sha256(self.best) == expected:
+            return self.best
+        staged = self.checkpoint(state.get("best_epoch", -1)) / BEST
+        if staged.exists() and sha256(staged) == expected:
+            return staged
+        raise DamagedFile(f"{self.best}: does not match its checksum in {STATE}: damaged, or written by an epoch "
+                          "the run never committed; `darec train --resume` retrains it")
+
+
+    def verify_checkpoint(self, state: dict[str, Any]) -> None:
+        """Refuse the checkpoint ``state`` names if any of its files is missing or damaged."""
+        if state.get("checkpoint") is None:
+            return
+        folder = self.path / state["checkpoint"]
+        for name, expected in state.get("checksums", {"model.safetensors": None}).items():
+            if not (folder / name).exists():
+                raise DamagedFile(f"{folder / name}: missing")
+            verify(folder / name, expected)
+
+    def resume_point(self) -> tuple[dict[str, Any], list[str]]:
+        """The newest committed state whose checkpoint is intact: ``trainer_state.json``, else
+        the copy in the newest checkpoint folder that is whole; and why newer ones were passed over."""
+        candidates = [self.state, *(self.checkpoint(e) / STATE for e in self.checkpoint_epochs())]
+        candidates = [c for c in candidates if c.exists()]
+        if not candidates:
+            raise FileNotFoundError(f"{self.path}: nothing to resume (no {STATE})")
+        passed_over = []
+        for path in candidates:
+            try:
+                state = self.read_state(path)
+                self.verify_checkpoint(state)
+                return state, passed_over
+            except DamagedFile as exc:
+                passed_over.append(str(exc))
+        raise DamagedFile(f"{self.path}: no intact checkpoint to resume from: {'; '.join(passed_over)}")
+
+
+def seal(state: dict[str, Any]) -> str:
+    """A checksum of a trainer state's content (all but the seal itself)."""
+    body = json.dumps({k: v for k, v in state.items() if k != "seal"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def verify(path: Path, expected: str | None) -> None:
+    """Refuse a file whose SHA-256 is not the one recorded for it (nothing recorded: older runs)."""
+    if expected is None:
+        return
+    if not path.exists():
+        raise DamagedFile(f"{path}: missing")
+    if sha256(path) != expected:
+        raise DamagedFile(f"{path}: does not match its checksum in {STATE} (damaged, or changed since the run wrote it)")
 
 
 @dataclass
@@ -44,9 +162,9 @@ class LoadedRun:
     id_map: dict[str, list[str]]
 
 
-def check_same_data(run_dir: Path, dataset: SequenceDataset) -> None:
+def check_same_data(run_dir: Path, dataset: SequenceDataset, state: dict[str, Any] | None = None) -> None:
     """Refuse a data set whose users or items differ from those the run was trained on."""
-    saved = json.loads((Path(run_dir) / ID_MAP).read_text())
+    saved = RunDir(run_dir).read_id_map(state)
     if saved["items"] != dataset.item_ids or saved["users"] != dataset.user_ids:
         raise ValueError(f"{run_dir}: the data set no longer matches the one this run was trained on")
 
@@ -61,30 +179,17 @@ def load_run_dataset(run_dir: Path, config: RunConfig) -> SequenceDataset:
     return dataset
 
 
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with a data set or data root given as a relative path made absolute, so the
+    run can be evaluated and resumed from any working directory."""
+    data = config.data
+    dataset = str(Path(data.dataset).resolve()) if Path(data.dataset).exists() else data.dataset
+    root = str(Path(data.data_root).resolve()) if data.data_root and Path(data.data_root).exists() else data.data_root
+    return replace(config, data=replace(data, dataset=dataset, data_root=root))
+
+
 def read_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG})")
-    return build_config(load_yaml(path), source=str(path))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of the ``precision`` setting on ``device`` (a no-op for fp32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return RunDir(run_dir).read_config()
 
 
 def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, field: str) -> LoadedRun:
@@ -92,7 +197,7 @@ def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, fi
     hold ``model`` trained on ``dataset``; errors name the config ``field`` that pointed to it."""
     try:
         loaded = load_run(Path(run_dir), device="cpu")
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, DamagedFile) as exc:
         raise ConfigError(f"{field}: {exc}") from exc
     if loaded.config.model.name != model:
         raise ConfigError(f"{field}: {run_dir} holds a {loaded.config.model.name} run, not {model}")
@@ -102,12 +207,10 @@ def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, fi
 
 def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     """The best model of a finished (or interrupted) run, ready to score."""
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    weights = run_dir / BEST
-    if not weights.exists():
-        raise FileNotFoundError(f"{run_dir}: no {BEST} yet (the run has not finished a validation)")
-    id_map = json.loads((run_dir / ID_MAP).read_text())
+    run = RunDir(run_dir)
+    config = run.read_config()
+    weights = run.best_weights()
+    id_map = run.read_id_map()
     model = build_model(config.model, len(id_map["items"]) - 1, config.data.max_len)
     target = resolve_device(device if device != "auto" else config.train.device)
     load_model_state(model, weights)

@@ -8,7 +8,6 @@ of the difference of means, and a paired t-test its p-value.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import torch
 from scipy import stats
 
 from darec.train.checkpoint import load_tensors, save_tensors
-from darec.train.run import STATE, load_run, load_run_dataset, read_config
+from darec.io import DamagedFile
+from darec.train.run import RunDir, load_run, load_run_dataset, read_config
 
 PER_USER = "per_user_{split}.safetensors"  # in a run directory: each user's metrics on a split, full ranking as trained
 SPLITS = ("valid", "test")
@@ -53,15 +53,17 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
         raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     path = Path(run_dir) / PER_USER.format(split=split)
     if path.exists():
-        return {k: v.numpy() for k, v in load_tensors(path).items()}
+        try:
+            return {k: v.numpy() for k, v in load_tensors(path).items()}
+        except DamagedFile:
+            pass  # a cache: computed again from the weights below, and rewritten
     from darec.train.evaluate import evaluate
 
     run = load_run(run_dir)
     histories, targets = load_run_dataset(run_dir, run.config).split(split)
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
-    state = Path(run_dir) / STATE
-    if state.exists() and json.loads(state.read_text()).get("finished"):  # an unfinished run's best weights may change
+    if RunDir(run_dir).finished():  # an unfinished run's best weights may change
         save_per_user(run_dir, metrics, split)
     return metrics
 
@@ -81,9 +83,9 @@ def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int
     :mod:`darec.train.groups`) pairs only the users of that group."""
     runs_a, runs_b = _runs(run_a), _runs(run_b)
     first = runs_a[0]
-    ids = (first / "id_map.json").read_text()
+    ids = RunDir(first).read_id_map()
     for other in [*runs_a[1:], *runs_b]:  # before any evaluation: a mismatch needs none
-        if (other / "id_map.json").read_text() != ids:
+        if RunDir(other).read_id_map() != ids:
             raise ValueError(f"{first} and {other} were trained on different data (their id maps differ): nothing to pair")
     a, b = _mean_metric(runs_a, metric, split), _mean_metric(runs_b, metric, split)
     if group is not None:

@@ -22,13 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
-from darec.io import atomic_write_json, atomic_write_text
+from darec.io import WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
-from darec.train.evaluate import evaluate, evaluate_many, sample_negatives
+from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
 from darec.train.significance import save_per_user
-from darec.train.run import BEST, CONFIG, ID_MAP, METRICS, RESULTS, STATE, autocast, check_same_data, read_config, resolve_device
+from darec.device import autocast, resolve_device
+from darec.train.run import BEST, STATE, RunDir, check_same_data, with_absolute_paths
 
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
@@ -97,16 +98,25 @@ class Trainer:
         """``overrides`` (with ``resume``) extend a run's budget, e.g. ``epochs=200`` for a run that
         hit its epoch cap: only the train keys in RESUME_KEYS may change."""
         self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
         self.console = console or Console(stderr=True, log_path=False)
         self.show_progress = progress
         if resume:
-            if not (self.run_dir / STATE).exists():
-                raise FileNotFoundError(f"{self.run_dir}: nothing to resume (no {STATE})")
-            config, extended = self._resumed_config(list(overrides))
+            resume_state, passed_over = self.run.resume_point()
+            for reason in passed_over:
+                self.console.log(f"[yellow]{reason}; resuming from {resume_state['checkpoint']} (epoch {resume_state['epoch']})")
+            check_writable(self.run_dir)
+            config, extended = self._resumed_config(list(overrides), resume_state)
         elif config is None:
             raise ValueError("a config is needed for a new run")
-        elif (self.run_dir / STATE).exists():
+        elif self.run.state.exists():
             raise FileExistsError(f"{self.run_dir} already holds a run: resume it with --resume or pick another directory")
+        else:
+            config = with_absolute_paths(config)
+        if self.run_dir.is_dir():
+            left = remove_temporaries(self.run_dir)
+            if left:
+                self.console.log(f"removed {len(left)} file(s) an interrupted write left in {self.run_dir}")
         self.config: RunConfig = config
         t = config.train
         if t.threads:
@@ -133,13 +143,14 @@ class Trainer:
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
                                       "history": [], "finished": False, "checkpoint": None}
         if resume:
-            self._restore()
+            self._restore(resume_state)
             if extended and self.state["finished"] and self.optimizer is not None:
                 self._reopen()
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG, config.to_yaml())
-            self.dataset.save_id_map(self.run_dir / ID_MAP)
+            atomic_write_text(self.run.config, config.to_yaml())
+            self.dataset.save_id_map(self.run.id_map)
+            self.state.update(config_sha256=sha256(self.run.config), id_map_sha256=sha256(self.run.id_map))
 
     def _steps_per_epoch(self) -> int:
         t = self.config.train
@@ -148,15 +159,13 @@ class Trainer:
 
     def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         t = self.config.train
-        if not 0 <= t.warmup_ratio < 1:
-            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         total = t.epochs * self._steps_per_epoch()
         factor = partial(lr_factor, t.lr_schedule, round(t.warmup_ratio * total), total)
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    def _resumed_config(self, overrides: list[str]) -> tuple[RunConfig, bool]:
+    def _resumed_config(self, overrides: list[str], state: dict[str, Any]) -> tuple[RunConfig, bool]:
         """The run's saved config with ``overrides``, and whether they changed its budget."""
-        config = read_config(self.run_dir)
+        config = self.run.read_config(state)
         if not overrides:
             return config, False
         new = build_config(config.to_dict(), overrides, source="--set")
@@ -166,8 +175,13 @@ class Trainer:
         if refused:
             raise ConfigError(f"--set {', '.join(refused)}: a resumed run keeps its settings (only train."
                               f"{', train.'.join(RESUME_KEYS)} may change); start a new run instead")
+        if new.train.epochs < state["epoch"]:
+            raise ConfigError(f"--set train.epochs={new.train.epochs}: this run has already trained {state['epoch']} epochs; "
+                              "a resumed run's budget can only cover what it has done")
         if diff:
-            atomic_write_text(self.run_dir / CONFIG, new.to_yaml())
+            atomic_write_text(self.run.config, new.to_yaml())
+            state["config_sha256"] = sha256(self.run.config)
+            self.run.write_state(state)
         return new, any(d.split(".")[1] in BUDGET_KEYS for d in diff)
 
     def _reopen(self) -> None:
@@ -181,28 +195,48 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def _save_checkpoint(self) -> None:
-        epoch = self.state["epoch"]
-        folder = self.run_dir / f"checkpoint-{epoch}"
-        save_tensors(folder / "model.safetensors", model_state(self.model))
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_tensors(folder / "rng.safetensors", rng)
-        if self.optimizer is not None:
-            tensors, meta = optimizer_state(self.optimizer)
-            save_tensors(folder / "optimizer.safetensors", tensors)
-            atomic_write_json(folder / "optimizer.json", meta)
-            atomic_write_json(folder / "scheduler.json", self.scheduler.state_dict())
-        previous = self.state["checkpoint"]
-        self.state["checkpoint"] = folder.name
-        atomic_write_json(self.run_dir / STATE, self.state)  # the commit point
-        if previous and previous != folder.name:
-            shutil.rmtree(self.run_dir / previous, ignore_errors=True)
+    def _save_checkpoint(self, improved: bool) -> None:
+        """Write this epoch's checkpoint, commit it in the state, then (when it is the best so
+        far) copy its weights to ``model.safetensors``; keep it and the one before it."""
+        committed = self.state["checkpoint"]
+        try:
+            epoch = self.state["epoch"]
+            folder = self.run.checkpoint(epoch)
+            save_tensors(folder / "model.safetensors", model_state(self.model))
+            rng = {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            save_tensors(folder / "rng.safetensors", rng)
+            files = ["model.safetensors", "rng.safetensors"]
+            if self.optimizer is not None:
+                tensors, meta = optimizer_state(self.optimizer)
+                save_tensors(folder / "optimizer.safetensors", tensors)
+                atomic_write_json(folder / "optimizer.json", meta)
+                atomic_write_json(folder / "scheduler.json", self.scheduler.state_dict())
+                files += ["optimizer.safetensors", "optimizer.json", "scheduler.json"]
+            self.state.update(checkpoint=folder.name, checksums={name: sha256(folder / name) for name in files})
+            if improved:
+                self.state["best_sha256"] = self.state["checksums"][BEST]
+            self.run.write_state(self.state, folder / STATE)  # what a resume falls back to if a later checkpoint is damaged
+            self.run.write_state(self.state)  # the commit point
+            committed = folder.name
+            if improved:
+                copy_atomic(folder / BEST, self.run.best)
+        except WriteError as exc:
+            last = f"{committed} is the last checkpoint and loads" if committed else "no checkpoint was committed"
+            raise WriteError(exc.errno, f"{exc.strerror}; the run stops: {last}; make room (or fix permissions) and "
+                                        f"continue with `darec train --resume {self.run_dir}`") from None
+        older = [e for e in self.run.checkpoint_epochs() if e < epoch]
+        keep = {epoch, *older[:1]}
+        for old in self.run.checkpoint_epochs():
+            if old not in keep:
+                shutil.rmtree(self.run.checkpoint(old), ignore_errors=True)
 
-    def _restore(self) -> None:
-        self.state = json.loads((self.run_dir / STATE).read_text())
-        check_same_data(self.run_dir, self.dataset)
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.state = state
+        check_same_data(self.run_dir, self.dataset, state)
+        if state.get("best_sha256") and self.run.best_weights() != self.run.best:
+            copy_atomic(self.run.best_weights(), self.run.best)  # a stop came between a commit and this copy
         if self.state["checkpoint"] is None:
             return
         folder = self.run_dir / self.state["checkpoint"]
@@ -213,10 +247,10 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         if self.optimizer is not None:
-            meta = json.loads((folder / "optimizer.json").read_text())
+            meta = read_json(folder / "optimizer.json")
             load_optimizer_state(self.optimizer, load_tensors(folder / "optimizer.safetensors", self.device), meta)
             if (folder / "scheduler.json").exists():  # checkpoints from before schedules were constant
-                self.scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+                self.scheduler.load_state_dict(read_json(folder / "scheduler.json"))
 
     # -- training ----------------------------------------------------------------------------
 
@@ -233,13 +267,22 @@ class Trainer:
             loss.backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            value = loss.item()
+            if not math.isfinite(value):  # before the step, so the weights stay as the last good batch left them
+                self._diverged(f"the training loss is {value} at step {step + 1}")
             self.optimizer.step()
             self.scheduler.step()
-            total += loss.item()
+            total += value
             batches += 1
             if progress is not None:
                 progress.update(task, advance=1, loss=f"{total / batches:.4f}")
         return total / max(1, batches)
+
+    def _diverged(self, what: str) -> None:
+        last = self.state["checkpoint"]
+        raise NonFiniteScores(f"epoch {self.state['epoch'] + 1}: {what}; the model has diverged and the run stops (lr "
+                              f"{self.config.train.lr:g}: try a lower one). {self.run_dir / last if last else 'No checkpoint'}"
+                              f"{' is the last good state' if last else ' was written'}.")
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -249,8 +292,6 @@ class Trainer:
         fixed sample of ``valid_users`` (the same users at every validation and on resume)."""
         histories, targets = self.dataset.split("valid")
         n = self.config.train.valid_users
-        if n < 0:
-            raise ConfigError(f"train.valid_users must be 0 (all) or a positive number of users, not {n}")
         if not n or n >= len(targets):
             return histories, targets
         pick = np.sort(np.random.default_rng(self.config.train.seed).choice(len(targets), n, replace=False))
@@ -259,7 +300,10 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         histories, targets = self.valid
         t = self.config.train
-        return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size)
+        try:
+            return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size)
+        except NonFiniteScores as exc:
+            self._diverged(f"validation: {exc}")
 
     def fit(self, on_epoch_end: Callable[[int], None] | None = None, final_evaluation: bool = True) -> list[dict[str, Any]]:
         """Train to the epoch budget or early stop, then evaluate the best weights (unless
@@ -268,8 +312,8 @@ class Trainer:
         self.deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         if self.optimizer is None and self.state["epoch"] == 0:
             # Nothing to train (e.g. most-popular): the prepared model is the final one.
-            save_tensors(self.run_dir / BEST, model_state(self.model))
-            self.state.update(finished=True)
+            save_tensors(self.run.best, model_state(self.model))
+            self.state.update(finished=True, best_sha256=sha256(self.run.best))
         steps = self._steps_per_epoch()
         progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -287,6 +331,7 @@ class Trainer:
                 loss = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
                                        "lr": self.optimizer.param_groups[0]["lr"]}  # at the epoch's end
+                improved = False
                 if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
                     start = time.perf_counter()
                     row["valid"] = self._validate()
@@ -295,7 +340,7 @@ class Trainer:
                     last_valid = f"{score:.4f}"
                     if self.state["best"] is None or score > self.state["best"]:
                         self.state.update(best=score, best_epoch=epoch, bad_evals=0)
-                        save_tensors(self.run_dir / BEST, model_state(self.model))
+                        improved = True
                     else:
                         self.state["bad_evals"] += 1
                     self.console.log(f"epoch {epoch}: loss {loss:.4f}  valid ndcg@10 {score:.4f}  hit@10 {row['valid']['hit@10']:.4f}"
@@ -308,22 +353,22 @@ class Trainer:
                 elif self._out_of_time():
                     self.console.log(f"time limit: stopped after {t.max_minutes:g} minutes")
                     self.state.update(finished=True, stopped="time limit")
-                atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
-                self._save_checkpoint()
+                atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
+                self._save_checkpoint(improved)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
         self.state["finished"] = True
-        atomic_write_json(self.run_dir / STATE, self.state)
+        self.run.write_state(self.state)
         if not final_evaluation:
             return []
-        load_model_state(self.model, self.run_dir / BEST, self.device)
+        load_model_state(self.model, self.run.best_weights(), self.device)
         rows = result_rows(self.config, self.dataset, self.model, console=self.console, run_dir=self.run_dir)
         for row in rows:
             row["best_epoch"] = self.state["best_epoch"]
-        atomic_write_json(self.run_dir / RESULTS, rows)
+        atomic_write_json(self.run.results, rows)
         return rows
 
 
 def seconds_per_epoch(run_dir: str | Path) -> float:
-    history = [json.loads(line) for line in (Path(run_dir) / METRICS).read_text().splitlines() if line]
+    history = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line]
     return float(np.mean([h["train_seconds"] for h in history])) if history else float("nan")

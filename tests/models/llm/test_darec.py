@@ -193,7 +193,7 @@ def test_items_head_scores_in_the_collaborative_space() -> None:
 
 
 def test_bf16_autocast_trains_and_scores_in_float32() -> None:
-    from darec.train.run import autocast
+    from darec.device import autocast
 
     data = load_dataset("synthetic-tiny")
     items, skip = training_windows(data.train_sequences(), 10)

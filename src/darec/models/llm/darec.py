@@ -37,6 +37,8 @@ from darec.models.llm.masking import item_attention_mask
 from darec.models.registry import register
 from darec.models.sasrec import SASRec, SASRecConfig
 
+CF_HEADS = 2  # attention heads of the collaborative SASRec (its other sizes are SASRec's defaults)
+
 
 @dataclass
 class DARecConfig(ModelConfig):
@@ -50,24 +52,28 @@ class DARecConfig(ModelConfig):
 
     name: str = option("darec", "Model name.")
     backbone: str = option("smollm2", "tiny, smollm2 (offline default) or a Hugging Face model directory / hub id.")
-    keep_layers: int = option(0, "Keep only the first N decoder layers (0 = all).")
-    item_tokens: int = option(8, "Title tokens per item span (longest; shorter titles take fewer).")
+    keep_layers: int = option(0, "Keep only the first N decoder layers (0 = all).", low=0)
+    item_tokens: int = option(8, "Title tokens per item span (longest; shorter titles take fewer).", low=1)
     item_input: Literal["text+id", "text", "id"] = option("text+id", "What an item span holds: title tokens and/or the ID token.")
     mask: Literal["block", "causal", "semantic"] = option(
         "block", "block: context masking; causal: the ablation without it; semantic: block plus a semantic token per item.")
-    lambda_sem: float = option(0.1, "Weight of the semantic-alignment loss (mask=semantic only).")
-    lambda_cf: float = option(0.1, "Weight of the InfoNCE alignment with the SASRec user state (0 = injection off).")
-    cf_hidden: int = option(64, "Hidden size of the collaborative SASRec.")
+    lambda_sem: float = option(0.1, "Weight of the semantic-alignment loss (mask=semantic only).", low=0)
+    lambda_cf: float = option(0.1, "Weight of the InfoNCE alignment with the SASRec user state (0 = injection off).", low=0)
+    cf_hidden: int = option(64, "Hidden size of the collaborative SASRec.", low=1)
     cf_run: str = option("", "A trained SASRec run directory to start the collaborative model from (empty = train it jointly from scratch).")
     cf_freeze: bool = option(False, "Keep the collaborative SASRec fixed (with cf_run: pre-trained, then kept in the loop as is).")
-    temperature: float = option(0.1, "InfoNCE temperature.")
+    temperature: float = option(0.1, "InfoNCE temperature.", above=0)
     head: Literal["linear", "items"] = option(
         "linear", "linear: a linear layer over the catalogue (as in E4SRec); items: the projected user state "
                   "dotted with the collaborative SASRec's item embeddings (the space the InfoNCE loss aligns to).")
-    lora_r: int = option(8, "LoRA rank on every linear layer of every decoder layer, when no plan is given.")
+    lora_r: int = option(8, "LoRA rank on every linear layer of every decoder layer, when no plan is given.", low=1)
     plan: list[str] = option([], "Adapter per decoder layer, e.g. [lora:8, houlsby:64, none, ia3, parallel:32] "
                                  "(empty: lora:<lora_r> on every layer). See darec.models.llm.adapters.")
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in the backward pass (less memory, ~30% slower).")
+
+    def __post_init__(self) -> None:
+        if self.cf_hidden % CF_HEADS:
+            raise ConfigError(f"cf_hidden ({self.cf_hidden}) must be a multiple of the collaborative SASRec's {CF_HEADS} heads")
 
 
 class Packed(NamedTuple):
@@ -104,7 +110,7 @@ class DARec(SequentialRecommender):
         self.semantic = c.mask == "semantic"
         self.register_buffer("item_text", torch.zeros(n_items + 1, max(1, c.item_tokens), dtype=torch.long))
         self.register_buffer("item_text_len", torch.zeros(n_items + 1, dtype=torch.long))
-        self.cf = SASRec(SASRecConfig(hidden_size=c.cf_hidden, dropout=0.2, attn_dropout=0.2), n_items, max_len)
+        self.cf = SASRec(SASRecConfig(hidden_size=c.cf_hidden, n_heads=CF_HEADS, dropout=0.2, attn_dropout=0.2), n_items, max_len)
         self.id_proj = nn.Linear(c.cf_hidden, hidden) if c.item_input != "text" else None
         # Learned input embeddings of the special tokens, at the scale of the backbone's own.
         scale = float(backbone.embeddings.weight.std())
@@ -232,7 +238,7 @@ class E4SRecConfig(DARecConfig):
     name: str = option("e4srec", "Model name.")
     item_input: Literal["text+id", "text", "id"] = option("id", "What an item span holds.")
     mask: Literal["block", "causal", "semantic"] = option("causal", "Attention mask.")
-    lambda_cf: float = option(0.0, "Collaborative alignment weight (off).")
+    lambda_cf: float = option(0.0, "Collaborative alignment weight (off).", low=0)
 
 
 register("e4srec", E4SRecConfig)(DARec)

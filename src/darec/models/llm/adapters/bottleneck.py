@@ -21,12 +21,12 @@ from darec.models.llm.adapters.base import LayerAnatomy, register_adapter
 
 @dataclass
 class HoulsbySpec:
-    size: int = option(64, "Bottleneck size.")
+    size: int = option(64, "Bottleneck size.", low=1)
 
 
 @dataclass
 class ParallelSpec:
-    size: int = option(64, "Bottleneck size.")
+    size: int = option(64, "Bottleneck size.", low=1)
     scale: float = option(4.0, "Scale of the adapter's output (He et al. use 4).")
 
 

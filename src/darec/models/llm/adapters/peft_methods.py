@@ -15,9 +15,9 @@ from darec.models.llm.adapters.base import LayerAnatomy, register_adapter
 
 @dataclass
 class LoraSpec:
-    r: int = option(8, "LoRA rank.")
-    alpha_per_rank: float = option(2.0, "LoRA alpha as a multiple of the rank (alpha = 2r by default).")
-    dropout: float = option(0.05, "LoRA dropout.")
+    r: int = option(8, "LoRA rank.", low=1)
+    alpha_per_rank: float = option(2.0, "LoRA alpha as a multiple of the rank (alpha = 2r by default).", above=0)
+    dropout: float = option(0.05, "LoRA dropout.", low=0, below=1)
 
 
 @dataclass

