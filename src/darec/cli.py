@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from darec.config import ConfigError, describe, load_yaml
+from darec.config import ConfigError, describe, from_dict, load_yaml
 from darec.io import WriteError
 
 app = typer.Typer(help="LLM-based sequential recommendation: train, evaluate, recommend.", no_args_is_help=True,
@@ -26,6 +27,18 @@ err = Console(stderr=True, log_path=False)
 # What a user can cause and fix, reported in one line, never as a traceback (DamagedFile and
 # DataError are ValueErrors, BackboneError a ConfigError).
 USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, WriteError)
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's warnings (``logging.getLogger("darec")``), one line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]warning:[/] {record.getMessage()}")
+
+
+_logger = logging.getLogger("darec")
+_logger.addHandler(_ConsoleHandler(logging.WARNING))
+_logger.propagate = False
 
 
 def _fail(exc: BaseException) -> None:
@@ -119,7 +132,7 @@ def search(
     dataset: Annotated[Optional[str], typer.Option(help="Named data set, synthetic[-size], or a path.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
-    trials: Annotated[int, typer.Option(help="Trials in all.")] = 20,
+    trials: Annotated[Optional[int], typer.Option(help="Trials in all (default 20; with --resume, a larger total to run on to).")] = None,
     budget: Annotated[int, typer.Option(help="Training steps per trial.")] = 200,
     rungs: Annotated[int, typer.Option(help="Validations per trial (pruning points).")] = 4,
     sampler: Annotated[str, typer.Option(help="gp (Gaussian process) or tpe.")] = "gp",
@@ -139,16 +152,17 @@ def search(
     try:
         if resume:
             runner = Search.resume(out, console=err)
-            runner.config.trials = max(runner.config.trials, trials)
+            runner.config.trials = max(runner.config.trials, trials or 0)
             runner.config.minutes = minutes
             runner.config.start_with = [*runner.config.start_with, *(start_with or [])]
         else:
             values = load_yaml(config) if config else {}
             overrides = [f"data.dataset={dataset}", *(set_ or [])] if dataset else (set_ or [])
             run = build_config(values, overrides, model=model, source=str(config or "--set"))
-            settings = SearchConfig(trials=trials, budget=budget, rungs=rungs, sampler=sampler, pruner=pruner,
-                                    max_trainable=max_trainable, groups=groups, minutes=minutes, valid_users=valid_users,
-                                    start_with=start_with or [])
+            settings = from_dict(SearchConfig, {  # checked like any config: bad values named at the door
+                "trials": 20 if trials is None else trials, "budget": budget, "rungs": rungs, "sampler": sampler,
+                "pruner": pruner, "max_trainable": max_trainable, "groups": groups, "minutes": minutes,
+                "valid_users": valid_users, "start_with": start_with or []}, "search")
             runner = Search(run, settings, out, console=err)
         summary = runner.run(resume=resume)
     except USER_ERRORS as exc:
@@ -257,7 +271,7 @@ def embed(
 ) -> None:
     """Embed every item of a data set (LLMEmb's SCFT, the untuned LLM, or MiniLM) into a file
     that any of our recommenders takes with --set item_embeddings=FILE."""
-    from darec.config import from_dict, parse_override
+    from darec.config import parse_override
     from darec.data import load_dataset
     from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddings
 

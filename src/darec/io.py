@@ -26,12 +26,15 @@ class DamagedFile(ValueError):
 class WriteError(OSError):
     """A file could not be written (a full disk, a read-only folder); what was there is unchanged."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     except OSError as exc:
         raise WriteError(exc.errno, f"cannot write {path}: {exc.strerror}") from None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,67 @@ def test_presplit_user_missing_from_test(tmp_path: Path) -> None:
     write(tmp_path / "S.test.inter", head + "0\t0 1 2\t3\n")
     with pytest.raises(DataError, match=r"S\.test\.inter: user '1' has a row in only one of the valid and test files"):
         read_presplit(tmp_path / "S")
+
+
+# -- damaged input: each refused with the file (and line) named ------------------------------------
+
+def test_a_nan_timestamp_is_refused_not_sorted_anywhere(tmp_path: Path) -> None:
+    inter = write(tmp_path / "d.inter", INTER + "u\ta\t1\t3\nu\tb\t1\tnan\nu\tc\t1\t1\nu\td\t1\t2\n")
+    with pytest.raises(DataError, match=r"d.inter:3: timestamp 'nan' is not a finite number"):
+        read_atomic(inter)
+
+
+def test_a_misspelled_timestamp_header_is_refused(tmp_path: Path) -> None:
+    ratings = write(tmp_path / "ratings.csv", "userId,movieId,rating,timestmp\n1,10,4,200\n")
+    with pytest.raises(DataError, match=r"ratings.csv:1: column 'timestmp' looks like a misspelled timestamp"):
+        read_csv(ratings)
+    # No timestamp column at all: the file's order, as documented.
+    assert read_csv(write(tmp_path / "r2.csv", "userId,movieId,rating\n1,10,4\n1,9,4\n")).sequences == {"1": ["10", "9"]}
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x07", "\x1c", "\x85", "\r"])
+def test_control_characters_inside_ids_are_refused(tmp_path: Path, bad: str) -> None:
+    inter = write(tmp_path / "d.inter", INTER + f"u1\ta{bad}x\t1\t1\n")
+    with pytest.raises(DataError, match=rf"d.inter:2: control character U\+{ord(bad):04X}"):
+        read_atomic(inter)
+    with pytest.raises(DataError, match=r"x.txt:1: control character"):
+        read_user_lines(write(tmp_path / "x.txt", f"1 5{bad} 6\n"))
+
+
+def test_a_utf8_bom_is_dropped(tmp_path: Path) -> None:
+    inter = tmp_path / "d.inter"
+    inter.write_bytes(b"\xef\xbb\xbf" + (INTER + "u1\ta\t1\t1\n").encode())
+    assert read_atomic(inter).sequences == {"u1": ["a"]}
+    txt = tmp_path / "x.txt"
+    txt.write_bytes(b"\xef\xbb\xbf1 5 6\r\n2 6 5\r\n")  # and CRLF endings
+    assert read_user_lines(txt).sequences == {"1": ["5", "6"], "2": ["6", "5"]}
+
+
+def test_paths_that_are_not_regular_files_are_refused_without_hanging(tmp_path: Path) -> None:
+    inter = write(tmp_path / "d.inter", INTER + "u1\ta\t1\t1\n")
+    (tmp_path / "d.item").mkdir()  # a folder where the item table should be
+    with pytest.raises(DataError, match=r"d.item: not a regular file"):
+        read_atomic(inter)
+    (tmp_path / "d.item").rmdir()
+    (tmp_path / "d.item").symlink_to(tmp_path / "d.item")  # a symlink loop
+    with pytest.raises(DataError, match=r"d.item: cannot read"):
+        read_atomic(inter)
+    os.mkfifo(tmp_path / "f.inter")  # reading a FIFO would block forever
+    with pytest.raises(DataError, match=r"f.inter: not a regular file"):
+        read_path(tmp_path / "f.inter")
+    (tmp_path / "S.valid.inter").mkdir()
+    write(tmp_path / "S.train.inter", "user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0\t1\n")
+    with pytest.raises(DataError, match=r"S.valid.inter: not a regular file"):
+        read_presplit(tmp_path / "S")
+
+
+def test_a_csv_field_over_the_csv_limit_is_an_error_with_its_line(tmp_path: Path) -> None:
+    ratings = write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,200\n1,\"" + "x" * 200_000 + "\",4,1\n")
+    with pytest.raises(DataError, match=r"ratings.csv:3: not valid CSV: field larger than field limit"):
+        read_csv(ratings)
+
+
+def test_a_line_of_bare_separators_is_not_taken_for_a_blank_line(tmp_path: Path) -> None:
+    ratings = write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,200\n,,,\n")
+    with pytest.raises(DataError, match=r"ratings.csv:3: empty user or item id"):
+        read_csv(ratings)

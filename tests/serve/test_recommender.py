@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -45,3 +44,11 @@ def test_bad_requests_say_what_is_wrong(recommender: Recommender) -> None:
         recommender.top_k(["nope"])
     with pytest.raises(ValueError, match="history is empty"):
         recommender.top_k([])
+
+
+def test_bad_k_and_a_history_covering_the_catalogue_are_explained(recommender: Recommender) -> None:
+    with pytest.raises(ValueError, match="k must be at least 1, got -1"):
+        recommender.top_k(recommender.item_ids[1:3], k=-1)
+    with pytest.raises(ValueError, match="nothing left to recommend: the history holds all"):
+        recommender.top_k(recommender.item_ids[1:], k=5)
+    assert len(recommender.top_k(recommender.item_ids[1:], k=5, include_seen=True)) == 5

@@ -61,3 +61,60 @@ def test_example_configs_parse(path: Path) -> None:
 
     config = build_config(load_yaml(path), source=str(path))
     assert config.model.name in path.name
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lr=nan", r"train.lr: must be a finite number, got nan"),
+    ("lr=.inf", r"train.lr: must be a finite number, got inf"),
+    ("batch_size=0", r"train.batch_size: must be >= 1, got 0"),
+    ("batch_size=-4", r"train.batch_size: must be >= 1, got -4"),
+    ("epochs=0", r"train.epochs: must be >= 1"),
+    ("eval_every=0", r"train.eval_every: must be >= 1"),
+    ("threads=-2", r"train.threads: must be >= 0"),
+    ("max_len=-3", r"data.max_len: must be >= 1"),
+    ("dropout=1.5", r"model.dropout: must be < 1"),
+    ("n_heads=3", r"n_heads \(3\) must divide hidden_size \(64\)"),
+    ("device=gpu0", r"device 'gpu0' is not a device"),
+    ("warmup_ratio=1", r"train.warmup_ratio: must be < 1"),
+])
+def test_values_that_cannot_work_are_refused_at_the_door_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("keep_layers=-1", r"model.keep_layers: must be >= 0"),
+    ("item_tokens=-1", r"model.item_tokens: must be >= 1"),
+    ("item_tokens=0", r"model.item_tokens: must be >= 1"),
+    ("temperature=0", r"model.temperature: must be > 0"),
+    ("lambda_cf=nan", r"model.lambda_cf: must be a finite number"),
+    ("cf_hidden=7", r"cf_hidden \(7\) must be a multiple"),
+])
+def test_darec_values_that_cannot_work_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=[override], model="darec")
+
+
+def test_yaml_with_a_key_twice_or_nothing_in_it_is_refused(tmp_path: Path) -> None:
+    from darec.config import load_yaml
+
+    (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.1\n  lr: 0.001\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: .*key 'lr' appears twice"):
+        load_yaml(tmp_path / "twice.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match=r"empty.yaml: empty"):
+        load_yaml(tmp_path / "empty.yaml")
+
+
+def test_a_device_this_machine_lacks_is_refused_when_the_run_starts() -> None:
+    import torch
+
+    from darec.device import resolve_device
+
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ConfigError, match="has no CUDA devices"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"

@@ -38,3 +38,12 @@ def test_known_values() -> None:
     m = rank_metrics(target_ranks(scores, torch.tensor([2])), ks=(1, 5))
     assert m["hit@1"].item() == 0 and m["hit@5"].item() == 1
     assert math.isclose(m["ndcg@5"].item(), 1 / math.log2(3)) and math.isclose(m["mrr@5"].item(), 0.5)
+
+
+def test_broken_scores_never_flatter_a_model() -> None:
+    nan, inf = float("nan"), float("inf")
+    scores = torch.tensor([[-inf, nan, 1.0, 2.0], [-inf, inf, 1.0, 2.0], [-inf, 0.5, nan, 2.0], [-inf, nan, nan, nan]])
+    ranks = target_ranks(scores, torch.tensor([1, 1, 3, 2]))
+    # A NaN or +inf target ranks last; a NaN candidate counts as above the target.
+    assert ranks.tolist() == [3, 3, 1, 3]
+    assert (rank_metrics(ranks)["ndcg@10"] <= 1).all()

@@ -137,3 +137,58 @@ def test_validation_on_a_fixed_sample_of_users(tmp_path: Path) -> None:
     assert resumed.valid[1].tolist() == targets.tolist()
     with pytest.raises(ConfigError, match="valid_users"):
         Trainer(build_config(overrides=[*FAST, "valid_users=-1"]), tmp_path / "c", progress=False)
+
+
+def test_a_nan_loss_or_nan_scores_stop_the_run_naming_the_epoch(tmp_path: Path) -> None:
+    from darec.train.evaluate import NonFiniteScores
+
+    trainer = Trainer(build_config(overrides=[*FAST, "epochs=3"]), tmp_path / "loss", progress=False)
+
+    def poison(epoch: int) -> None:
+        if epoch == 1:
+            for p in trainer.model.parameters():
+                p.data.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteScores, match=r"epoch 2: the training loss is nan at step 1; the model has diverged"):
+        trainer.fit(on_epoch_end=poison)
+    assert json.loads((tmp_path / "loss" / "trainer_state.json").read_text())["checkpoint"] == "checkpoint-1"
+    # Scores that are NaN at validation (the loss was fine): the target never ranks first.
+    trainer = Trainer(build_config(overrides=[*FAST, "epochs=2"]), tmp_path / "scores", progress=False)
+    trainer.model.score = lambda items, lengths: torch.full((len(items), trainer.dataset.n_items + 1), float("nan"))
+    with pytest.raises(NonFiniteScores, match=r"epoch 1: validation: the model scores items NaN or infinite"):
+        trainer.fit()
+
+
+def test_a_relative_data_path_is_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from darec.data import generate, spec_for
+    from darec.data.download import write_atomic_files
+
+    write_atomic_files(generate(spec_for("synthetic-tiny", 0)), tmp_path / "data" / "mine", "mine")
+    monkeypatch.chdir(tmp_path)
+    Trainer(build_config(overrides=[*FAST, "dataset=data/mine", "epochs=1"]), tmp_path / "r", progress=False).fit()
+    assert load_run(tmp_path / "r").config.data.dataset == str(tmp_path / "data" / "mine")
+    monkeypatch.chdir(tmp_path / "data")  # evaluated and resumed from elsewhere
+    from darec.train.run import load_run_dataset
+
+    assert load_run_dataset(tmp_path / "r", load_run(tmp_path / "r").config).n_users > 0
+
+
+def test_a_resume_cannot_shrink_the_budget_below_what_was_done(tmp_path: Path) -> None:
+    Trainer(build_config(overrides=[*FAST, "epochs=3"]), tmp_path / "r", progress=False).fit()
+    before = (tmp_path / "r" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"train.epochs=1: this run has already trained 3 epochs"):
+        Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=1"])
+    assert (tmp_path / "r" / "config.yaml").read_text() == before
+
+
+def test_leftovers_of_interrupted_writes_are_removed_and_a_run_without_checkpoint_starts_again(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    trainer = Trainer(build_config(overrides=[*FAST, "epochs=2"]), run, progress=False)  # config and id map written
+    (run / ".model.safetensors.abc123.tmp").write_bytes(b"half")
+    (run / "checkpoint-1").mkdir()
+    (run / "checkpoint-1" / ".rng.safetensors.x.tmp").write_bytes(b"half")
+    del trainer
+    resumed = Trainer(None, run, resume=True, progress=False)  # no trainer_state.json: starts from config.yaml
+    assert not list(run.rglob("*.tmp"))
+    rows = resumed.fit()
+    assert rows and json.loads((run / "trainer_state.json").read_text())["epoch"] == 2

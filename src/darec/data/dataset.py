@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darec.data.formats import RawData
+from darec.data.formats import DataError, RawData
 from darec.io import atomic_write_text
 
 
@@ -99,7 +99,7 @@ def build_dataset(raw: RawData, name: str, k: int = 0) -> SequenceDataset:
     short = sum(1 for seq in sequences.values() if len(seq) < MIN_SEQUENCE)
     sequences = {u: seq for u, seq in sequences.items() if len(seq) >= MIN_SEQUENCE}
     if not sequences:
-        raise ValueError(f"{raw.source}: no user has {MIN_SEQUENCE} or more interactions after filtering")
+        raise DataError(raw.source, f"no user has {MIN_SEQUENCE} or more interactions after filtering")
     item_index: dict[str, int] = {}
     for seq in sequences.values():
         for item in seq:

@@ -20,6 +20,7 @@ import difflib
 import math
 import os
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,9 +61,11 @@ def _read_lines(path: Path) -> list[str]:
     """The file's lines (a UTF-8 BOM dropped, CRLF or LF endings), refusing anything that is
     not a readable regular UTF-8 text file, or holds control characters (tabs aside)."""
     try:
-        if not path.is_file():  # a folder, FIFO or device would fail later or block forever
-            raise DataError(path, "file not found" if not os.path.lexists(path) else "not a regular file")
+        if not stat.S_ISREG(path.stat().st_mode):  # a folder, FIFO or device would fail later or block forever
+            raise DataError(path, "not a regular file")
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, "a broken link" if path.is_symlink() else "file not found") from None
     except OSError as exc:  # unreadable, a symlink loop, ...
         raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
     try:
@@ -142,7 +145,7 @@ def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, 
     header = rows[0]
     body = []
     for number, fields in enumerate(rows[1:], start=2):
-        if not fields or all(not f.strip() for f in fields):
+        if not fields or (len(fields) == 1 and not fields[0].strip()):  # a blank line (a line of bare separators is not)
             continue
         if len(fields) != len(header):
             raise DataError(path, f"expected {len(header)} fields ({', '.join(map(_bare, header))}), found {len(fields)}", number)
@@ -247,8 +250,8 @@ def read_presplit(prefix: str | Path) -> RawData:
         seen: set[str] = set()
         for number, fields in body:
             user, history, target = fields[u].strip(), fields[h].split(), fields[i].strip()
-            if not target:
-                raise DataError(path, "empty target item id", number)
+            if not user or not target:
+                raise DataError(path, f"empty {'user' if not user else 'target item'} id", number)
             row = history + [target]
             if split == "train":
                 if len(row) > len(full.get(user, [])):

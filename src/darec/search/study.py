@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,17 @@ from darec.train.config import RunConfig, build_config
 STUDY, SETTINGS, BEST_PLAN = "study.db", "search.yaml", "best_plan.yaml"
 
 
-def _sampler(config: SearchConfig):
+def _sampler(config: SearchConfig, finished: int = 0):
+    """The sampler for the trial after ``finished`` ones. Seeded by both, and made anew for
+    every trial, so its proposals depend only on the seed and the study's history: a search
+    killed and resumed proposes the same plans as one that ran through."""
     import optuna
 
+    seed = config.seed + 1000 * finished
     if config.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=min(5, max(1, config.trials // 3)))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(5, max(1, config.trials // 3)))
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.samplers.TPESampler(seed=seed)
     raise ConfigError(f"search.sampler: {config.sampler!r} is not one of 'gp', 'tpe'")
 
 
@@ -79,7 +84,7 @@ class Search:
         run = build_config(values["run"], source=str(path))
         return cls(run, from_dict(SearchConfig, values["search"], f"{path}: search"), out, console)
 
-    def _study(self, create: bool):
+    def _study(self, create: bool, finished: int = 0):
         import optuna
 
         optuna.logging.set_verbosity(logging.WARNING)
@@ -91,7 +96,7 @@ class Search:
             atomic_write_text(self.out / SETTINGS, yaml.safe_dump(
                 {"run": self.run_config.to_dict(), "search": to_dict(self.config)}, sort_keys=False))
         return optuna.create_study(study_name="darec-plan", storage=storage, direction="maximize",
-                                   sampler=_sampler(self.config), pruner=_pruner(self.config), load_if_exists=not create)
+                                   sampler=_sampler(self.config, finished), pruner=_pruner(self.config), load_if_exists=not create)
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         import optuna
@@ -103,13 +108,15 @@ class Search:
             study.enqueue_trial(trial.params)
             shutil.rmtree(self.out / "trials" / f"trial-{trial.number}", ignore_errors=True)
         self._enqueue_start_plans(study)
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        left = self.config.trials - len(study.get_trials(deepcopy=False, states=finished))
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        finished = len(study.get_trials(deepcopy=False, states=states))
         self.console.log(f"plan search: {self.n_layers} layers in {len(self.groups)} groups, {len(self.config.choices)} "
-                         f"choices each; {left} trial(s) to run of {self.config.trials}")
-        if left > 0:
-            study.optimize(self._objective, n_trials=left, timeout=60 * self.config.minutes or None,
-                           callbacks=[lambda s, t: self._report(s)])
+                         f"choices each; {max(0, self.config.trials - finished)} trial(s) to run of {self.config.trials}")
+        deadline = time.monotonic() + 60 * self.config.minutes if self.config.minutes else None
+        while finished < self.config.trials and (deadline is None or time.monotonic() < deadline):
+            study = self._study(create=False, finished=finished)  # a sampler seeded for this trial (see _sampler)
+            study.optimize(self._objective, n_trials=1, callbacks=[lambda s, t: self._report(s)])
+            finished = len(study.get_trials(deepcopy=False, states=states))
         return self._report(study)
 
     def _enqueue_start_plans(self, study) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,9 @@ CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+log = logging.getLogger("darec")
 
 
 class RunDir:
@@ -63,6 +67,8 @@ class RunDir:
     def read_config(self, state: dict[str, Any] | None = None) -> RunConfig:
         """The run's config, checked against the checksum in ``state`` (default: the run's state)."""
         if not self.config.exists():
+            if self.state.exists():
+                raise DamagedFile(f"{self.config}: missing")
             raise ConfigError(f"{self.path}: not a run directory (no {CONFIG})")
         verify(self.config, (state if state is not None else self._state_or_empty()).get("config_sha256"))
         return build_config(load_yaml(self.config), source=str(self.config))
@@ -94,21 +100,28 @@ class RunDir:
     def finished(self) -> bool:
         return self.state.exists() and bool(self.read_state().get("finished"))
 
-    def best_weights(self) -> Path:
+    def best_weights(self, state: dict[str, Any] | None = None) -> Path:
         """The best weights, checked against the state's checksum. When the state names
         weights that ``model.safetensors`` does not hold yet (a stop between committing a
         checkpoint and copying its weights), its checkpoint's copy serves."""
-        if not self.best.exists():
+        if state is None and not self.state.exists():  # written before model.safetensors ever is
+            if self.best.exists():
+                raise DamagedFile(f"{self.state}: missing (a run directory with weights always has one)")
             raise FileNotFoundError(f"{self.path}: no {BEST} yet (the run has not finished a validation)")
-        state = self._state_or_empty()
+        state = state if state is not None else self.read_state()
         expected = state.get("best_sha256")
-        if expected is None or sha256(self.best) == expected:
+        if expected is None and not self.best.exists():
+            raise FileNotFoundError(f"{self.path}: no {BEST} yet (the run has not finished a validation)")
+        if self.best.exists() and (expected is None or sha256(self.best) == expected):
             return self.best
+        problem = "missing" if not self.best.exists() else f"does not match its checksum in {STATE}"
         staged = self.checkpoint(state.get("best_epoch", -1)) / BEST
         if staged.exists() and sha256(staged) == expected:
+            log.warning(f"{self.best} {problem}; using {staged}, which holds the weights it should "
+                        "(`darec train --resume` puts them back)")
             return staged
-        raise DamagedFile(f"{self.best}: does not match its checksum in {STATE}: damaged, or written by an epoch "
-                          "the run never committed; `darec train --resume` retrains it")
+        raise DamagedFile(f"{self.best}: {problem} (damaged, or written by an epoch the run never committed); "
+                          "`darec train --resume` trains it again")
 
 
     def verify_checkpoint(self, state: dict[str, Any]) -> None:
@@ -128,7 +141,7 @@ class RunDir:
         candidates = [c for c in candidates if c.exists()]
         if not candidates:
             raise FileNotFoundError(f"{self.path}: nothing to resume (no {STATE})")
-        passed_over = []
+        passed_over = [] if self.state.exists() else [f"{self.state}: missing"]
         for path in candidates:
             try:
                 state = self.read_state(path)

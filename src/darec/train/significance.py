@@ -52,7 +52,8 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     path = Path(run_dir) / PER_USER.format(split=split)
-    if path.exists():
+    finished = RunDir(run_dir).finished()
+    if path.exists() and finished:  # valid only for the final weights
         try:
             return {k: v.numpy() for k, v in load_tensors(path).items()}
         except DamagedFile:
@@ -63,7 +64,7 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     histories, targets = load_run_dataset(run_dir, run.config).split(split)
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
-    if RunDir(run_dir).finished():  # an unfinished run's best weights may change
+    if finished:  # an unfinished run's best weights may change
         save_per_user(run_dir, metrics, split)
     return metrics
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
-from darec.io import WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
+from darec.io import DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
@@ -101,12 +101,23 @@ class Trainer:
         self.run = RunDir(run_dir)
         self.console = console or Console(stderr=True, log_path=False)
         self.show_progress = progress
+        resume_state = None
         if resume:
-            resume_state, passed_over = self.run.resume_point()
-            for reason in passed_over:
-                self.console.log(f"[yellow]{reason}; resuming from {resume_state['checkpoint']} (epoch {resume_state['epoch']})")
-            check_writable(self.run_dir)
-            config, extended = self._resumed_config(list(overrides), resume_state)
+            try:
+                resume_state, passed_over = self.run.resume_point()
+            except FileNotFoundError:
+                if not self.run.config.exists():
+                    raise
+                # Stopped before its first checkpoint: start it again from its own config.
+                self.console.log(f"{self.run_dir}: no checkpoint yet; starting the run again from its {self.run.config.name}")
+                config, _ = self._overridden(self.run.read_config(state={}), list(overrides), done=0)
+                resume, extended = False, False
+            else:
+                for reason in passed_over:
+                    self.console.log(f"[yellow]{reason}; resuming from {resume_state['checkpoint']} "
+                                     f"(epoch {resume_state['epoch']})")
+                check_writable(self.run_dir)
+                config, extended = self._resumed_config(list(overrides), resume_state)
         elif config is None:
             raise ValueError("a config is needed for a new run")
         elif self.run.state.exists():
@@ -142,7 +153,7 @@ class Trainer:
         self.valid = self._validation_users()
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
                                       "history": [], "finished": False, "checkpoint": None}
-        if resume:
+        if resume_state is not None:
             self._restore(resume_state)
             if extended and self.state["finished"] and self.optimizer is not None:
                 self._reopen()
@@ -165,9 +176,19 @@ class Trainer:
 
     def _resumed_config(self, overrides: list[str], state: dict[str, Any]) -> tuple[RunConfig, bool]:
         """The run's saved config with ``overrides``, and whether they changed its budget."""
-        config = self.run.read_config(state)
+        new, diff = self._overridden(self.run.read_config(state), overrides, state["epoch"])
+        if diff:
+            atomic_write_text(self.run.config, new.to_yaml())
+            state["config_sha256"] = sha256(self.run.config)
+            self.run.write_state(state)
+        return new, any(d.split(".")[1] in BUDGET_KEYS for d in diff)
+
+    @staticmethod
+    def _overridden(config: RunConfig, overrides: list[str], done: int) -> tuple[RunConfig, list[str]]:
+        """A resumed run's config with ``overrides`` (only RESUME_KEYS may change; the epoch budget
+        must cover the ``done`` epochs), and the keys they changed."""
         if not overrides:
-            return config, False
+            return config, []
         new = build_config(config.to_dict(), overrides, source="--set")
         old, changed = config.to_dict(), new.to_dict()
         diff = [f"{s}.{k}" for s in changed for k in changed[s] if changed[s][k] != old[s].get(k)]
@@ -175,14 +196,10 @@ class Trainer:
         if refused:
             raise ConfigError(f"--set {', '.join(refused)}: a resumed run keeps its settings (only train."
                               f"{', train.'.join(RESUME_KEYS)} may change); start a new run instead")
-        if new.train.epochs < state["epoch"]:
-            raise ConfigError(f"--set train.epochs={new.train.epochs}: this run has already trained {state['epoch']} epochs; "
+        if new.train.epochs < done:
+            raise ConfigError(f"--set train.epochs={new.train.epochs}: this run has already trained {done} epochs; "
                               "a resumed run's budget can only cover what it has done")
-        if diff:
-            atomic_write_text(self.run.config, new.to_yaml())
-            state["config_sha256"] = sha256(self.run.config)
-            self.run.write_state(state)
-        return new, any(d.split(".")[1] in BUDGET_KEYS for d in diff)
+        return new, diff
 
     def _reopen(self) -> None:
         """Let a finished run go on when its new budget allows more epochs than it stopped at."""
@@ -196,10 +213,11 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def _save_checkpoint(self, improved: bool) -> None:
-        """Write this epoch's checkpoint, commit it in the state, then (when it is the best so
-        far) copy its weights to ``model.safetensors``; keep it and the one before it."""
+        """Write this epoch's metrics and checkpoint, commit them in the state, then (when it is
+        the best so far) copy its weights to ``model.safetensors``; keep it and the one before it."""
         committed = self.state["checkpoint"]
         try:
+            atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
             epoch = self.state["epoch"]
             folder = self.run.checkpoint(epoch)
             save_tensors(folder / "model.safetensors", model_state(self.model))
@@ -223,9 +241,10 @@ class Trainer:
             if improved:
                 copy_atomic(folder / BEST, self.run.best)
         except WriteError as exc:
-            last = f"{committed} is the last checkpoint and loads" if committed else "no checkpoint was committed"
-            raise WriteError(exc.errno, f"{exc.strerror}; the run stops: {last}; make room (or fix permissions) and "
-                                        f"continue with `darec train --resume {self.run_dir}`") from None
+            then = (f"{committed} is the last checkpoint and loads; make room (or fix permissions) and continue with "
+                    f"`darec train --resume {self.run_dir}`" if committed else
+                    "no checkpoint was committed yet; make room (or fix permissions) and start it again")
+            raise WriteError(exc.errno, f"{exc.strerror}; the run stops: {then}") from None
         older = [e for e in self.run.checkpoint_epochs() if e < epoch]
         keep = {epoch, *older[:1]}
         for old in self.run.checkpoint_epochs():
@@ -235,8 +254,13 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.state = state
         check_same_data(self.run_dir, self.dataset, state)
-        if state.get("best_sha256") and self.run.best_weights() != self.run.best:
-            copy_atomic(self.run.best_weights(), self.run.best)  # a stop came between a commit and this copy
+        if state.get("best_sha256"):
+            try:
+                weights = self.run.best_weights(state)
+                if weights != self.run.best:  # a stop came between a commit and this copy, or the file was damaged
+                    copy_atomic(weights, self.run.best)
+            except DamagedFile as exc:  # resumed from an older checkpoint: the epochs it trains again rewrite it
+                self.console.log(f"[yellow]{exc}")
         if self.state["checkpoint"] is None:
             return
         folder = self.run_dir / self.state["checkpoint"]
@@ -353,7 +377,6 @@ class Trainer:
                 elif self._out_of_time():
                     self.console.log(f"time limit: stopped after {t.max_minutes:g} minutes")
                     self.state.update(finished=True, stopped="time limit")
-                atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
                 self._save_checkpoint(improved)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)

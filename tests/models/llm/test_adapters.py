@@ -106,3 +106,32 @@ def test_bad_plans_are_refused_clearly() -> None:
         apply_plan(_llama(2), ["lora:x", "none"])
     with pytest.raises(ConfigError, match="takes no size"):
         apply_plan(_llama(2), ["ia3:4", "none"])
+
+
+def test_the_prefix_finds_the_cache_in_the_attention_signature_and_checks_it_is_used() -> None:
+    from darec.models.llm.adapters.prefix import cache_parameter
+
+    model = _llama(1)
+    attention = model.layers[0].self_attn
+    name, _ = cache_parameter(attention)
+    assert name in ("cache", "past_key_values", "past_key_value")  # whichever this transformers release uses
+
+    class NoCache(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None):
+            return hidden_states
+
+    with pytest.raises(ConfigError, match="NoCache.forward takes no KV cache"):
+        cache_parameter(NoCache())
+
+    # An attention that takes a cache argument but ignores it: the prefix would silently do nothing.
+    apply_plan(model, ["prefix:3"])
+    original = type(attention).forward
+
+    def ignoring(self, *args, **kwargs):
+        kwargs[name] = None
+        kwargs["attention_mask"] = None
+        return original(self, *args, **kwargs)
+
+    attention.forward = ignoring.__get__(attention)
+    with pytest.raises(RuntimeError, match=f"ignored the cache given as '{name}'"):
+        _out(model, torch.randn(1, 4, 64))

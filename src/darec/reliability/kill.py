@@ -1,0 +1,160 @@
+"""Kill ``darec train`` or ``darec search`` with SIGKILL at random moments, resume, and check
+that the end equals a run that was never interrupted.
+
+A kill lands either at a random time or at a write: the harness watches the output folder
+and kills the moment an atomic write's temporary file appears (a checkpoint, the state,
+the weights being copied). The command is then resumed (``--resume``), or started again
+when it died before its first commit, and may be killed again, until it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from darec.io import TMP_SUFFIX
+
+TRAIN_ARGS = ["--model", "sasrec", "--dataset", "synthetic-small", "--set", "epochs=6", "--set", "patience=0",
+              "--set", "deterministic=true", "--no-progress"]
+SEARCH_ARGS = ["--dataset", "synthetic-tiny", "--set", "backbone=tiny", "--set", "item_tokens=4", "--set", "max_len=10",
+               "--set", "deterministic=true", "--trials", "4", "--budget", "6", "--rungs", "2", "--sampler", "tpe"]
+
+
+@dataclass
+class Command:
+    """How to start, resume and summarise one kind of run in ``out``."""
+
+    name: str
+    start: Callable[[Path], list[str]]
+    resume: Callable[[Path], list[str]]
+    resumable: Callable[[Path], bool]  # has it written enough for a resume to take it from there?
+    summary: Callable[[Path], Any]  # what must equal the uninterrupted run's
+
+
+def _darec(*args: str) -> list[str]:
+    return [sys.executable, "-m", "darec", *args]
+
+
+def _train_summary(out: Path) -> Any:
+    from safetensors.torch import load_file
+
+    rows = json.loads((out / "results.json").read_text())
+    history = [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+               for line in (out / "metrics.jsonl").read_text().splitlines()]
+    weights = {k: v.tolist() for k, v in sorted(load_file(out / "model.safetensors").items())}
+    return {"results": rows, "history": history, "weights": weights}
+
+
+def _search_summary(out: Path) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{out / 'study.db'}")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    # Trial numbers may differ (a trial killed mid-way is failed and queued again under a new number).
+    trials = [(t.user_attrs.get("plan"), t.state.name, t.value, sorted(t.intermediate_values.items())) for t in finished]
+    import yaml
+
+    best = yaml.safe_load((out / "best_plan.yaml").read_text())
+    return {"trials": trials, "best_plan": best["plan"], "best_value": best["valid_ndcg@10"]}
+
+
+TRAIN = Command("train", lambda out: _darec("train", *TRAIN_ARGS, "--run-dir", str(out)),
+                lambda out: _darec("train", "--resume", str(out), "--no-progress"),
+                lambda out: (out / "config.yaml").exists(),  # a resume starts again when no checkpoint was committed
+                _train_summary)
+SEARCH = Command("search", lambda out: _darec("search", str(out), *SEARCH_ARGS),
+                 lambda out: _darec("search", str(out), "--resume"),
+                 lambda out: (out / "search.yaml").exists(), _search_summary)
+COMMANDS = {"train": TRAIN, "search": SEARCH}
+
+
+@dataclass
+class KillCase:
+    command: str
+    seed: int
+    kills: list[str] = field(default_factory=list)  # where each kill landed: "t=3.1s" or "write .x.tmp"
+    identical: bool = False
+    detail: str = ""
+
+
+def _run(argv: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _temporary(out: Path) -> str | None:
+    """An atomic write under way in ``out``: the name of its temporary file, if any."""
+    if not out.is_dir():
+        return None
+    for _, dirs, files in os.walk(out):
+        for name in (*files, *dirs):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                return name
+    return None
+
+
+def _kill_at_random(process: subprocess.Popen, out: Path, rng: random.Random, seconds: float) -> str | None:
+    """Kill ``process`` at a random time within ``seconds``, or at the first write after such a
+    time; None when it ended first."""
+    at_write = rng.random() < 0.5
+    start = time.monotonic()
+    after = start + rng.uniform(0.3, seconds)
+    while process.poll() is None:
+        now = time.monotonic()
+        name = _temporary(out) if at_write and now >= after else None
+        if name or (not at_write and now >= after):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return f"write {name}" if name else f"t={now - start:.1f}s"
+        time.sleep(0.0005 if at_write and now >= after else 0.01)
+    return None
+
+
+def reference(command: Command, out: Path, log: Path) -> tuple[Any, float]:
+    """An uninterrupted run: its summary and how long it took."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    process = _run(command.start(out), log)
+    if process.wait() != 0:
+        raise RuntimeError(f"the uninterrupted {command.name} failed; see {log}")
+    return command.summary(out), time.monotonic() - start
+
+
+def kill_case(command: Command, seed: int, out: Path, log: Path, expected: Any, seconds: float,
+              max_kills: int = 2) -> KillCase:
+    """Run ``command`` in ``out``, killing it up to ``max_kills`` times, then let it finish and compare."""
+    rng = random.Random(seed)
+    case = KillCase(command.name, seed)
+    shutil.rmtree(out, ignore_errors=True)
+    kills = rng.randint(1, max_kills)
+    for attempt in range(kills + 20):
+        argv = command.resume(out) if command.resumable(out) else command.start(out)
+        process = _run(argv, log)
+        if len(case.kills) < kills:
+            where = _kill_at_random(process, out, rng, seconds)
+            if where is not None:
+                case.kills.append(where)
+                continue
+        if process.wait() != 0:
+            case.detail = f"exit {process.returncode} after kills {case.kills}; see {log}"
+            return case
+        break
+    try:
+        got = command.summary(out)
+    except Exception as exc:  # noqa: BLE001  (a run directory that cannot be read is the finding)
+        case.detail = f"{type(exc).__name__}: {exc}"
+        return case
+    case.identical = got == expected
+    if not case.identical:
+        case.detail = "differs: " + ", ".join(k for k in expected if got.get(k) != expected[k])
+    return case
