@@ -98,7 +98,9 @@ def kill_row(name: str, cases: int) -> dict[str, Any]:
     return row(f"kill-{name}", started, dataset="synthetic-small" if name == "train" else "synthetic-tiny",
                model="sasrec" if name == "train" else "darec (tiny backbone)", cases=len(results), kills=len(kills),
                kills_at_writes=sum(at_writes.values()), identical=sum(c.identical for c in results),
-               tracebacks=sum(not c.identical for c in results), failures=[f"{c.seed}: {c.detail}" for c in results if not c.identical],
+               tracebacks=sum(c.detail.startswith(("exit", "Error", "Damaged")) for c in results),  # a resume that failed
+               silent=sum(c.detail.startswith("differs") for c in results),  # resumed, but to another end
+               failures=[f"{c.seed}: {c.detail}" for c in results if not c.identical],
                notes=f"{len(kills)} SIGKILLs, {sum(at_writes.values())} during a write ({', '.join(f'{k} {v}' for k, v in sorted(at_writes.items()))}); "
                      f"uninterrupted run {seconds:.0f} s; command: {' '.join(command.start(Path('OUT'))[1:])}")
 

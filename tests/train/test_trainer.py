@@ -192,3 +192,18 @@ def test_leftovers_of_interrupted_writes_are_removed_and_a_run_without_checkpoin
     assert not list(run.rglob("*.tmp"))
     rows = resumed.fit()
     assert rows and json.loads((run / "trainer_state.json").read_text())["epoch"] == 2
+
+
+def test_run_directories_from_before_checksums_still_load_and_resume(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    Trainer(build_config(overrides=[*FAST, "epochs=2"]), run, progress=False).fit()
+    state = json.loads((run / "trainer_state.json").read_text())
+    for key in ("seal", "checksums", "best_sha256", "config_sha256", "id_map_sha256"):
+        state.pop(key)
+    state["finished"] = False
+    (run / "trainer_state.json").write_text(json.dumps(state))
+    for folder in run.glob("checkpoint-*"):
+        (folder / "trainer_state.json").unlink()  # older checkpoints held no copy of the state
+    assert load_run(run).config.train.epochs == 2
+    rows = Trainer(None, run, resume=True, progress=False, overrides=["epochs=3"]).fit()
+    assert rows and json.loads((run / "trainer_state.json").read_text())["epoch"] == 3

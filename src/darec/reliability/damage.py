@@ -35,41 +35,37 @@ from typing import Any
 
 from typer.testing import CliRunner
 
+from darec.reliability.fuzz import flip_bits
+
 FAST = ["--set", "max_len=20", "--set", "hidden_size=16", "--set", "inner_size=32", "--set", "epochs=3",
         "--set", "patience=0", "--set", "deterministic=true", "--no-progress"]
 TRAIN = ["train", "--model", "sasrec", "--dataset", "synthetic-tiny", *FAST]
 
 DAMAGES: dict[str, Callable[[bytes, random.Random], bytes | None]] = {
     "truncate": lambda data, rng: data[: rng.randrange(max(1, len(data)))],
-    "flip": lambda data, rng: _flip(data, rng),
+    "flip": lambda data, rng: flip_bits(data, rng),
     "empty": lambda data, rng: b"",
     "delete": lambda data, rng: None,
 }
-# The files of a run directory a command may read: (name in rows, path inside the run).
-FILES = {
-    "model.safetensors": lambda run: run / "model.safetensors",
-    "checkpoint": lambda run: _newest_checkpoint(run) / "model.safetensors",
-    "checkpoint-state": lambda run: _newest_checkpoint(run) / "trainer_state.json",
-    "optimizer": lambda run: _newest_checkpoint(run) / "optimizer.safetensors",
-    "trainer_state.json": lambda run: run / "trainer_state.json",
-    "config.yaml": lambda run: run / "config.yaml",
-    "id_map.json": lambda run: run / "id_map.json",
+# The files of a run directory a command may read: name in rows -> the paths damaged (the same way).
+FILES: dict[str, Callable[[Path], list[Path]]] = {
+    "model.safetensors": lambda run: [run / "model.safetensors"],
+    # the best weights and the checkpoint's copy of them, both: nothing intact is left to fall back to
+    "model.safetensors+copy": lambda run: [run / "model.safetensors", _newest_checkpoint(run) / "model.safetensors"],
+    "checkpoint": lambda run: [_newest_checkpoint(run) / "model.safetensors"],
+    "checkpoint-state": lambda run: [_newest_checkpoint(run) / "trainer_state.json"],
+    "optimizer": lambda run: [_newest_checkpoint(run) / "optimizer.safetensors"],
+    "trainer_state.json": lambda run: [run / "trainer_state.json"],
+    "config.yaml": lambda run: [run / "config.yaml"],
+    "id_map.json": lambda run: [run / "id_map.json"],
 }
 # Which files each command reads (a damaged file it does not read must leave its answer unchanged).
 READS = {
-    "evaluate": {"model.safetensors", "trainer_state.json", "config.yaml", "id_map.json"},
-    "recommend": {"model.safetensors", "trainer_state.json", "config.yaml", "id_map.json"},
+    "evaluate": {"model.safetensors", "model.safetensors+copy", "trainer_state.json", "config.yaml", "id_map.json"},
+    "recommend": {"model.safetensors", "model.safetensors+copy", "trainer_state.json", "config.yaml", "id_map.json"},
     "compare": {"trainer_state.json", "id_map.json"},  # per-user metrics are saved; a damaged state is still read
     "resume": set(FILES) - {"checkpoint-state"},  # the copy is read only when falling back to that checkpoint
 }
-
-
-def _flip(data: bytes, rng: random.Random) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 3)):
-        if out:
-            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
-    return bytes(out)
 
 
 def _newest_checkpoint(run: Path) -> Path:
@@ -141,21 +137,22 @@ def damage_cases(workdir: Path, seeds: range, commands: tuple[str, ...] = tuple(
     return cases
 
 
-def _case(workdir: Path, pristine: Path, other: Path, history: str, file: str, where: Callable[[Path], Path],
+def _case(workdir: Path, pristine: Path, other: Path, history: str, file: str, where: Callable[[Path], list[Path]],
           damage: str, apply: Callable, command: str, seed: int, expected: dict[str, Any]) -> DamageCase:
     rng = random.Random(f"{file}-{damage}-{command}-{seed}")
     run = workdir / "copy"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(pristine, run)
-    path = where(run)
-    data = apply(path.read_bytes(), rng)
-    if data is None:
-        path.unlink()
-    else:
-        path.write_bytes(data)
+    paths = where(run)
+    data = apply(paths[0].read_bytes(), rng)
+    for path in paths:
+        if data is None:
+            path.unlink()
+        else:
+            path.write_bytes(data)
     args, answer = _answer(command, run, other, history)
     code, out, error = _invoke(args)
-    named = str(path) in "".join(out.split())  # (rich wraps long lines)
+    named = any(str(path) in "".join(out.split()) for path in paths)  # (rich wraps long lines)
     if error is not None:
         return DamageCase(file, damage, command, "traceback", "".join(traceback.format_exception_only(error)).strip()[:300])
     if code == 2:
@@ -167,7 +164,7 @@ def _case(workdir: Path, pristine: Path, other: Path, history: str, file: str, w
         return DamageCase(file, damage, command, "recovered", " ".join(out.split())[:300])
     if same and file not in READS[command]:
         return DamageCase(file, damage, command, "unaffected")
-    if same and data is not None and data == where(pristine).read_bytes():
+    if same and data is not None and data == where(pristine)[0].read_bytes():
         return DamageCase(file, damage, command, "unaffected", "the damage left the file as it was")
     return DamageCase(file, damage, command, "silent", f"{'same' if same else 'changed'} answer, file not named")
 

@@ -70,7 +70,8 @@ def _join(lines: list[bytes]) -> bytes:
     return b"\n".join(lines)
 
 
-def _flip(data: bytes, rng: random.Random) -> bytes:
+def flip_bits(data: bytes, rng: random.Random) -> bytes:
+    """One to four random bits of ``data`` flipped."""
     out = bytearray(data)
     for _ in range(rng.randint(1, 4)):
         if out:
@@ -175,7 +176,7 @@ def _nan(data: bytes, rng: random.Random) -> bytes:
 
 def _header(data: bytes, rng: random.Random) -> bytes:
     lines = _lines(data)
-    lines[0] = _flip(lines[0], rng) if rng.random() < 0.5 else lines[0].replace(b"timestamp", b"timestmp").replace(b"item", b"itme")
+    lines[0] = flip_bits(lines[0], rng) if rng.random() < 0.5 else lines[0].replace(b"timestamp", b"timestmp").replace(b"item", b"itme")
     return _join(lines)
 
 
@@ -191,7 +192,7 @@ def _blank_fields(data: bytes, rng: random.Random) -> bytes:
 
 
 MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
-    "flip": _flip, "truncate": _truncate, "duplicate-line": _duplicate_line, "delete-line": _delete_line,
+    "flip": flip_bits, "truncate": _truncate, "duplicate-line": _duplicate_line, "delete-line": _delete_line,
     "swap-lines": _swap_lines, "nul": _nul, "control": _control, "crlf": _crlf, "lone-cr": _lone_cr, "bom": _bom,
     "latin1": _latin1, "utf16": _utf16, "huge-line": _huge_line, "huge-field": _huge_field, "huge-id": _huge_id,
     "negative-id": _negative_id, "nan": _nan, "header": _header, "empty": _empty, "blank-fields": _blank_fields,

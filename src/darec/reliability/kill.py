@@ -104,19 +104,24 @@ def _temporary(out: Path) -> str | None:
 
 
 def _kill_at_random(process: subprocess.Popen, out: Path, rng: random.Random, seconds: float) -> str | None:
-    """Kill ``process`` at a random time within ``seconds``, or at the first write after such a
-    time; None when it ended first."""
+    """Kill ``process`` at a random time within ``seconds``, or during a write: the first, second,
+    ... eighth atomic write seen after such a time (drawn at random, so kills land in every kind
+    of write of an epoch's commit); None when it ended first."""
     at_write = rng.random() < 0.5
+    skip = rng.randrange(8)  # writes to let through first
+    seen: set[str] = set()
     start = time.monotonic()
-    after = start + rng.uniform(0.3, seconds)
+    after = start + rng.uniform(0.3, 0.9 * seconds)
     while process.poll() is None:
         now = time.monotonic()
         name = _temporary(out) if at_write and now >= after else None
-        if name or (not at_write and now >= after):
+        if name:
+            seen.add(name)
+        if (name and len(seen) > skip) or (not at_write and now >= after):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return f"write {name}" if name else f"t={now - start:.1f}s"
-        time.sleep(0.0005 if at_write and now >= after else 0.01)
+        time.sleep(0.0002 if at_write and now >= after else 0.01)
     return None
 
 
@@ -132,23 +137,28 @@ def reference(command: Command, out: Path, log: Path) -> tuple[Any, float]:
 
 def kill_case(command: Command, seed: int, out: Path, log: Path, expected: Any, seconds: float,
               max_kills: int = 2) -> KillCase:
-    """Run ``command`` in ``out``, killing it up to ``max_kills`` times, then let it finish and compare."""
+    """Run ``command`` in ``out``, killing it 1 to ``max_kills`` times (starting over when it
+    finishes before a kill lands), then let it finish, and compare with ``expected``."""
     rng = random.Random(seed)
     case = KillCase(command.name, seed)
-    shutil.rmtree(out, ignore_errors=True)
     kills = rng.randint(1, max_kills)
-    for attempt in range(kills + 20):
-        argv = command.resume(out) if command.resumable(out) else command.start(out)
-        process = _run(argv, log)
-        if len(case.kills) < kills:
-            where = _kill_at_random(process, out, rng, seconds)
-            if where is not None:
-                case.kills.append(where)
-                continue
-        if process.wait() != 0:
-            case.detail = f"exit {process.returncode} after kills {case.kills}; see {log}"
-            return case
-        break
+    for attempt in range(10):
+        shutil.rmtree(out, ignore_errors=True)
+        case.kills = []
+        while True:
+            argv = command.resume(out) if command.resumable(out) else command.start(out)
+            process = _run(argv, log)
+            if len(case.kills) < kills:
+                where = _kill_at_random(process, out, rng, seconds)
+                if where is not None:
+                    case.kills.append(where)
+                    continue
+            if process.wait() != 0:
+                case.detail = f"exit {process.returncode} after kills {case.kills}; see {log}"
+                return case
+            break
+        if case.kills:
+            break
     try:
         got = command.summary(out)
     except Exception as exc:  # noqa: BLE001  (a run directory that cannot be read is the finding)

@@ -148,7 +148,8 @@ class RunDir:
                 self.verify_checkpoint(state)
                 return state, passed_over
             except DamagedFile as exc:
-                passed_over.append(str(exc))
+                if str(exc) not in passed_over:  # the state and its copy name the same damaged checkpoint
+                    passed_over.append(str(exc))
         raise DamagedFile(f"{self.path}: no intact checkpoint to resume from: {'; '.join(passed_over)}")
 
 

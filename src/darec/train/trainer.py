@@ -243,7 +243,8 @@ class Trainer:
         except WriteError as exc:
             then = (f"{committed} is the last checkpoint and loads; make room (or fix permissions) and continue with "
                     f"`darec train --resume {self.run_dir}`" if committed else
-                    "no checkpoint was committed yet; make room (or fix permissions) and start it again")
+                    "no checkpoint was committed yet; make room (or fix permissions) and start it again with "
+                    f"`darec train --resume {self.run_dir}`")
             raise WriteError(exc.errno, f"{exc.strerror}; the run stops: {then}") from None
         older = [e for e in self.run.checkpoint_epochs() if e < epoch]
         keep = {epoch, *older[:1]}

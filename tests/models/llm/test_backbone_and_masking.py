@@ -57,7 +57,7 @@ def test_random_backbone_takes_the_shape_of_a_config(tmp_path) -> None:
     backbone = load_backbone(f"random:{tmp_path}", keep_layers=2)
     assert type(backbone.model).__name__ == "Qwen2ForCausalLM" and len(backbone.layers) == 2 and backbone.hidden_size == 32
     assert backbone.encode("a") == [ord("a") + 3]  # no tokenizer there: bytes
-    with pytest.raises(BackboneError, match="cannot read a model config"):
+    with pytest.raises(BackboneError, match="no such model directory"):
         load_backbone(f"random:{tmp_path / 'missing'}")
 
 
@@ -114,3 +114,9 @@ def test_tokens_inside_an_item_see_each_other() -> None:
         causal = [model.model(input_ids=t, attention_mask=item_attention_mask(idx, "causal")).last_hidden_state for t in (tokens, changed)]
     assert not torch.allclose(block[0][0, 0], block[1][0, 0])  # the first token sees the last one of its item
     assert torch.allclose(causal[0][0, 0], causal[1][0, 0], atol=1e-6)  # under a causal mask it does not
+
+
+def test_a_backbone_folder_that_is_not_there_is_named(tmp_path) -> None:
+    for missing in (str(tmp_path / "no-model"), "./no-model", "a/b/c"):
+        with pytest.raises(BackboneError, match=f"backbone {missing!r}: no such model directory"):
+            load_backbone(missing)

@@ -161,7 +161,13 @@ def tiny_backbone(seed: int = 0) -> Backbone:
 
 
 def _model_path(source: str) -> str:
-    return str(smollm2_dir()) if source == "smollm2" else source
+    if source == "smollm2":
+        return str(smollm2_dir())
+    # A hub id is "name" or "owner/name"; anything else is meant as a folder, so say it is missing
+    # (rather than letting the hub client complain about the id's form).
+    if not Path(source).expanduser().exists() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
+        raise BackboneError(f"backbone {source!r}: no such model directory")
+    return str(Path(source).expanduser()) if source.startswith("~") else source
 
 
 def layer_count(name: str, keep_layers: int | None = None) -> int:
