@@ -1,17 +1,24 @@
 """Training throughput of DARec on a SmolLM2-shaped backbone (random weights, same FLOPs):
-tokens per second and model FLOPs utilisation, on CPU and, where present, CUDA.
+tokens per second, on CPU and, where present, CUDA, for each execution path.
 
 One training step is DARec's loss on a batch of packed item spans, its backward pass and
 an AdamW step (LoRA on every linear layer, frozen backbone), exactly as ``darec train``
 runs it. Tokens are the real (non-padding) tokens of the packed batches. Timing: warm-up
 steps first, then the median of the timed steps (CUDA events on the GPU).
 
-MFU follows the usual convention, ``6 x N x tokens/s / peak``, N the backbone's
-non-embedding parameters. With a frozen backbone the weight gradients are skipped, so
-the work actually done is nearer ``4 x N`` a token; rows give both. The peak is measured
-in the same run: a large matmul in the step's precision (fp32 on CPU, bf16 on CUDA).
+Paths, measured on the same batches in one invocation (``--paths``):
 
-    python bench/llm_throughput.py                      # CPU, and CUDA when there is one
+- ``fp32``: fp32 eager, the baseline every row's ``speedup`` is over;
+- ``bf16-autocast``: bf16 autocast with the frozen weights kept in fp32 (cast at every op);
+- ``bf16``: the frozen backbone held in bf16 under autocast (``precision=bf16``, and what
+  ``precision=auto`` picks on CPUs with AMX-BF16/AVX512-BF16 and on CUDA).
+
+MFU: ``4 x N x tokens/s`` (N the backbone's non-embedding parameters: with a frozen
+backbone the weight gradients are skipped, so about 4N FLOPs a token are done) over the
+rate of a matmul at the model's own shapes in the path's precision, measured in the same
+run (``cpu_mfu`` on CPU). ``6N`` MFU, the usual convention, is kept too.
+
+    python bench/llm_throughput.py --devices cpu --threads 1 --paths fp32 bf16-autocast bf16
     python bench/llm_throughput.py --devices cuda --batch-size 32 --steps 20
 """
 
@@ -29,17 +36,27 @@ from darec.data import load_dataset
 from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
-from darec.device import autocast
+from darec.device import apply_precision, autocast
 
 RESULTS = HERE / "results" / "llm_throughput.json"
 SHAPE = HERE / "configs" / "smollm2-135m.json"
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 10) -> float:
-    """Measured FLOP/s of an n x n matmul in ``dtype`` (median of repeats)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = [timed(lambda: a @ b, device) for _ in range(repeats + 2)][2:]
-    return 2 * n**3 / statistics.median(times)
+def matmul_peak(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int, int]], repeats: int = 10) -> float:
+    """Measured FLOP/s of matmuls of the given (m, k, n) shapes in ``dtype`` (median of repeats)."""
+    rates = []
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+        times = [timed(lambda: a @ b, device) for _ in range(repeats + 2)][2:]
+        rates.append(2 * m * k * n / statistics.median(times))
+    return statistics.median(rates)
+
+
+def model_shapes(config, tokens: int) -> list[tuple[int, int, int]]:
+    """The matmuls of one decoder layer for ``tokens`` tokens: q/o, k/v, MLP in and out."""
+    h, inner = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    return [(tokens, h, h), (tokens, h, kv), (tokens, h, inner), (tokens, inner, h)]
 
 
 def timed(step, device: torch.device) -> float:
@@ -55,7 +72,11 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-def measure(device: torch.device, args: argparse.Namespace) -> Row:
+PATHS = {"fp32": ("fp32", False), "bf16-autocast": ("bf16", False), "bf16": ("bf16", True)}  # precision, backbone held in bf16
+
+
+def measure(device: torch.device, path: str, args: argparse.Namespace) -> Row:
+    precision, hold = PATHS[path]
     overrides = ["model=darec", f"backbone=random:{args.shape}", f"item_tokens={args.item_tokens}",
                  f"keep_layers={args.keep_layers}", f"gradient_checkpointing={args.gradient_checkpointing}"]
     config = build_config(overrides=overrides)
@@ -64,6 +85,10 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
     model = build_model(config.model, data.n_items, args.max_len)
     model.prepare(data)
     model.to(device).train()
+    if hold:
+        apply_precision(model, device, precision)
+    else:
+        model.precision = precision  # autocast over fp32 weights
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     windows, skip = training_windows(data.train_sequences(), args.max_len)
     full = (windows > 0).sum(1) == args.max_len + 1  # full-length windows: every batch the same shape
@@ -72,7 +97,6 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
     if len(windows) < needed:
         raise SystemExit(f"{args.dataset} has {len(windows)} windows of {args.max_len + 1} items; batch size x steps needs "
                          f"{needed}: pick a data set with longer sequences (ml-100k) or a shorter --max-len")
-    precision = "bf16" if device.type == "cuda" else "fp32"
     batches = [Batch(windows[i : i + args.batch_size], skip[i : i + args.batch_size]).to(device)
                for i in range(0, args.batch_size * (args.warmup + args.steps), args.batch_size)]
 
@@ -90,16 +114,19 @@ def measure(device: torch.device, args: argparse.Namespace) -> Row:
     rates = [n / t for n, t in zip(tokens[args.warmup :], times[args.warmup :])]
     tokens_per_second = statistics.median(rates)
     params = sum(p.numel() for n, p in model.llm.named_parameters() if "embed" not in n and not p.requires_grad)
-    peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    shapes = model_shapes(model.llm.config, int(statistics.median(tokens)))
+    peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32, shapes)
+    layers = model.llm.config.num_hidden_layers
     return {
-        "dataset": args.dataset, "model": "darec", "variant": f"{device.type}:{precision}:{model.llm.config.num_hidden_layers}-layers:batch-{args.batch_size}"
-                   f"{':checkpointing' if args.gradient_checkpointing else ''}",
-        "protocol": None, "split": None, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dataset": args.dataset, "model": "darec",
+        "variant": f"{device.type}:{path}:{layers}-layers:batch-{args.batch_size}{':checkpointing' if args.gradient_checkpointing else ''}",
+        "path": path, "protocol": None, "split": None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision, "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_len": args.max_len,
         "item_tokens": args.item_tokens, "gradient_checkpointing": args.gradient_checkpointing,
         "tokens_per_step": statistics.median(tokens), "seconds_per_step": statistics.median(times[args.warmup :]),
         "tokens_per_second": tokens_per_second, "non_embedding_params": params,
-        "peak_flops_measured": peak, "mfu": 6 * params * tokens_per_second / peak,
+        "matmul_flops_at_model_shapes": peak, "peak_flops_measured": peak, "mfu": 6 * params * tokens_per_second / peak,
         "mfu_frozen_4n": 4 * params * tokens_per_second / peak,
         "machine": machine(), "versions": versions(), "command": command_line(),
     }
@@ -123,15 +150,20 @@ def profile(step, batches: list[Batch], device: torch.device, path: Path) -> Non
 
 
 def markdown(rows: list[Row]) -> str:
-    cells = [[r["device"], r["precision"], r["variant"].split(":")[2].split("-")[0], str(r["threads"]), str(r["batch_size"]),
-              "yes" if r["gradient_checkpointing"] else "no", f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_second']:.0f}",
-              f"{r['peak_flops_measured'] / 1e12:.3f}", f"{r['mfu']:.1%}", f"{r['mfu_frozen_4n']:.1%}"] for r in rows]
+    cells = [[r["device"], r.get("path", r["precision"]), r["variant"].split(":")[2].split("-")[0], str(r["threads"]),
+              str(r["batch_size"]), "yes" if r["gradient_checkpointing"] else "no", f"{r['tokens_per_step']:.0f}",
+              f"{r['tokens_per_second']:.0f}", f"{r['baseline_tokens_per_second']:.0f}" if "baseline_tokens_per_second" in r else "",
+              f"{r['speedup']:.2f}x" if "speedup" in r else "", f"{r['peak_flops_measured'] / 1e12:.3f}",
+              f"{r['mfu_frozen_4n']:.1%}", f"{r['mfu']:.1%}"] for r in rows]
     return markdown_table(
         "DARec training throughput (generated by bench/llm_throughput.py from llm_throughput.json)",
-        ["SmolLM2-135M shape, random weights. MFU = 6 N tokens/s over the matmul peak measured in the same run;",
-         "4 N is the work a frozen backbone actually does (no weight gradients)."],
-        ["device", "precision", "layers", "threads", "batch", "checkpointing", "tokens / step", "tokens / s",
-         "peak TFLOP/s (measured)", "MFU (6N)", "MFU (4N)"], cells)
+        ["SmolLM2-135M shape, random weights. Paths: fp32 eager (the baseline), bf16 autocast over fp32 weights,",
+         "bf16 with the frozen backbone held in bf16. Speedup: over fp32 eager measured in the same invocation.",
+         "MFU (4N): 4 N tokens/s (a frozen backbone does no weight gradients) over the matmul rate in the path's",
+         "precision at the model's own shapes, measured in the same run (older rows: a 4096 x 4096 matmul); 6N: the",
+         "usual convention."],
+        ["device", "path", "layers", "threads", "batch", "checkpointing", "tokens / step", "tokens / s", "fp32 tokens / s",
+         "speedup", "matmul TFLOP/s (measured)", "MFU (4N)", "MFU (6N)"], cells)
 
 
 def main() -> None:
@@ -149,6 +181,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--profile", type=Path, default=None, help="also profile two steps; append the op table to this file")
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="execution paths, fp32 first (the baseline of each row's speedup)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,9 +190,19 @@ def main() -> None:
         if name == "cuda" and not torch.cuda.is_available():
             print("no CUDA device: skipped", flush=True)
             continue
-        row = measure(torch.device(name), args)
-        save_rows(args.results, [row], markdown)
-        print(f"{row['variant']}: {row['tokens_per_second']:.0f} tokens/s, MFU {row['mfu']:.1%} (6N)", flush=True)
+        baseline = None
+        for path in args.paths:
+            row = measure(torch.device(name), path, args)
+            if path == "fp32":
+                baseline = row["tokens_per_second"]
+            if baseline is not None:
+                row.update(baseline_tokens_per_second=baseline, speedup=row["tokens_per_second"] / baseline)
+            if name == "cpu":
+                row["cpu_mfu"] = row["mfu_frozen_4n"]
+            save_rows(args.results, [row], markdown)
+            speedup = f", {row['speedup']:.2f}x fp32" if "speedup" in row else ""
+            print(f"{row['variant']}: {row['tokens_per_second']:.0f} tokens/s{speedup}, MFU {row['mfu_frozen_4n']:.1%} (4N)",
+                  flush=True)
 
 
 if __name__ == "__main__":

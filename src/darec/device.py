@@ -4,8 +4,10 @@ and a ``precision`` setting into an autocast context."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from darec.config import ConfigError
 
@@ -36,10 +38,68 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def fast_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX-BF16 or AVX512-BF16): there bf16
+    matmuls run several times faster than fp32; elsewhere they are emulated and slower."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # torch's own CPU checks
+        check = getattr(torch.cpu, probe, None)
+        if check is not None:
+            try:
+                if check():
+                    return True
+            except RuntimeError:
+                pass
+    try:  # older torch: the kernel's CPU flags (Linux)
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(device: torch.device, precision: str, model: nn.Module | None = None) -> str:
+    """``fp32`` or ``bf16``. ``auto``: bf16 on CUDA with bf16 support; on a CPU with native bf16
+    matrix units, bf16 for a model with a frozen pretrained part (an LLM backbone, where the
+    large matmuls are), fp32 for the small all-trainable ones (SASRec and the like gain little
+    and would lose the precision their results were measured at); fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and model is not None and _pretrained(model) and fast_cpu_bf16() else "fp32"
+
+
+def saved_precision(device: torch.device, precision: str) -> str:
+    """The precision of a run saved with ``precision``: runs store the one they resolved to;
+    ``auto`` in a saved run is from before, when it meant bf16 on CUDA and fp32 on every CPU."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def _pretrained(model: nn.Module) -> set[str]:
+    """Names of the frozen pretrained parameters (the ones a model rebuilds from their source)."""
+    return set(getattr(model, "rebuilt_state_keys", set)())
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context of the ``precision`` setting on ``device`` (a no-op for fp32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
+    if resolve_precision(device, precision) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def apply_precision(model: nn.Module, device: torch.device, precision: str) -> str:
+    """Hold ``model``'s frozen pretrained parameters (an LLM backbone: what its
+    ``rebuilt_state_keys`` names) in bf16 when the precision resolves to bf16, so autocast
+    does not cast them again at every step; everything else (trainable parameters, and so
+    the optimizer state; a frozen collaborative model) stays fp32. Returns the resolved precision, also
+    kept as ``model.precision``: a model holding bf16 weights runs them under autocast itself,
+    so it scores the same in training, evaluation and serving."""
+    resolved = resolve_precision(device, precision, model)
+    if resolved == "bf16":
+        pretrained = _pretrained(model)
+        for name, p in model.named_parameters():
+            if name in pretrained and p.is_floating_point():
+                p.data = p.data.to(torch.bfloat16)
+    model.precision = resolved
+    return resolved

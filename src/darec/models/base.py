@@ -33,6 +33,7 @@ class SequentialRecommender(nn.Module):
     def __init__(self, config: ModelConfig, n_items: int, max_len: int):
         super().__init__()
         self.config, self.n_items, self.max_len = config, n_items, max_len
+        self.precision = "fp32"  # how it runs: set by darec.device.apply_precision
 
     def prepare(self, dataset: SequenceDataset) -> None:
         """Called before training with the data set (its training part and item text only),

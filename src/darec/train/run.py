@@ -33,7 +33,7 @@ from typing import Any
 
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
-from darec.device import resolve_device
+from darec.device import apply_precision, resolve_device, saved_precision
 from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.train.checkpoint import load_model_state
@@ -228,4 +228,6 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     model = build_model(config.model, len(id_map["items"]) - 1, config.data.max_len)
     target = resolve_device(device if device != "auto" else config.train.device)
     load_model_state(model, weights)
-    return LoadedRun(config, model.to(target).eval(), id_map)
+    model.to(target).eval()
+    apply_precision(model, target, saved_precision(target, config.train.precision))  # evaluated as it was trained
+    return LoadedRun(config, model, id_map)

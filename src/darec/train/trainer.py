@@ -28,7 +28,7 @@ from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
 from darec.train.significance import save_per_user
-from darec.device import autocast, resolve_device
+from darec.device import apply_precision, autocast, resolve_device, saved_precision
 from darec.train.run import BEST, STATE, RunDir, check_same_data, with_absolute_paths
 
 SELECT = "ndcg@10"
@@ -138,6 +138,9 @@ class Trainer:
         self.model = build_model(config.model, self.dataset.n_items, config.data.max_len)
         self.model.prepare(self.dataset)
         self.model.to(self.device)
+        precision = saved_precision(self.device, t.precision) if resume_state is not None else t.precision
+        self.precision = apply_precision(self.model, self.device, precision)
+        config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
         params = [p for p in self.model.parameters() if p.requires_grad]
         total = sum(p.numel() for p in self.model.parameters())
         self.console.log(f"{config.model.name}: {sum(p.numel() for p in params):,} trainable parameters of {total:,}"
@@ -286,7 +289,7 @@ class Trainer:
         for step, index in enumerate(bucketed_batches(self.window_lengths, t.batch_size, self.generator)):
             if (t.steps_per_epoch and step == t.steps_per_epoch) or (step and self._out_of_time()):
                 break
-            with autocast(self.device, t.precision):
+            with autocast(self.device, self.precision):
                 loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

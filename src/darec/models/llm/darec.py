@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from darec.config import ConfigError, Retired, option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
+from darec.device import autocast
 from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, info_nce, last_state, next_item_loss
 from darec.models.llm.adapters import apply_plan, describe_plan
 from darec.models.llm.backbone import load_backbone
@@ -187,7 +188,9 @@ class DARec(SequentialRecommender):
         b, l = items.shape
         real = items > 0
         packed = self._pack(items)
-        embeds = self.llm.get_input_embeddings()(packed.ids)
+        # The residual stream in fp32 even when the frozen backbone is held in bf16: autocast runs the
+        # matmuls in bf16, and the sums and norms between them keep their precision.
+        embeds = self.llm.get_input_embeddings()(packed.ids).float()
         rows = torch.arange(b, device=items.device)[:, None].expand(b, l)[real]
         item_vec = self.item_marker.expand(b, l, -1)
         if self.id_proj is not None:
@@ -201,7 +204,8 @@ class DARec(SequentialRecommender):
             semantic_token[rows, packed.semantic_pos[real]] = True
         mask = item_attention_mask(packed.item_index, self.config.mask, semantic_token, packed.text_token)
         positions = torch.arange(packed.ids.size(1), device=items.device)[None]
-        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        with autocast(items.device, self.precision):  # bf16 when the backbone is held in bf16 (apply_precision)
+            hidden = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
         at = torch.arange(b, device=items.device)[:, None]
         semantic = hidden[at, packed.semantic_pos] if packed.semantic_pos is not None else None
         return hidden[at, packed.item_pos], semantic

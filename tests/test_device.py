@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import darec.device as device_module
+from darec.data.batching import Batch
+from darec.device import apply_precision, resolve_precision
+from darec.models import build_model
+from darec.train import build_config
+
+CPU = torch.device("cpu")
+
+
+def _darec():
+    config = build_config(overrides=["model=darec", "backbone=tiny", "item_tokens=4", "lora_r=2"])
+    torch.manual_seed(0)
+    return build_model(config.model, 30, 8)
+
+
+def test_auto_picks_bf16_only_for_llm_backed_models_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    sasrec = build_model(build_config(overrides=["model=sasrec"]).model, 30, 8)
+    darec = _darec()
+    monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: True)
+    assert resolve_precision(CPU, "auto", darec) == "bf16"
+    assert resolve_precision(CPU, "auto", sasrec) == "fp32"  # small matmuls: kept at the precision it was measured at
+    monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: False)
+    assert resolve_precision(CPU, "auto", darec) == "fp32"  # emulated bf16 is slow
+    assert resolve_precision(CPU, "bf16", sasrec) == "bf16" and resolve_precision(CPU, "fp32", darec) == "fp32"
+
+
+def test_bf16_holds_the_backbone_in_bf16_and_the_rest_in_fp32() -> None:
+    model = _darec()
+    items, lengths = torch.tensor([[3, 4, 5, 0], [7, 8, 0, 0]]), torch.tensor([3, 2])
+    with torch.no_grad():
+        fp32_scores = model.eval().score(items, lengths)
+    assert apply_precision(model, CPU, "bf16") == "bf16" and model.precision == "bf16"
+    pretrained = model.rebuilt_state_keys()
+    for name, p in model.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name in pretrained else torch.float32), name
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in model.cf.parameters())  # the collaborative model is not the backbone
+    with torch.no_grad():  # no autocast needed by the caller: the model runs its bf16 backbone under autocast itself
+        scores = model.score(items, lengths)
+    assert scores.dtype == torch.float32  # scoring in fp32
+    assert torch.allclose(scores, fp32_scores, atol=0.05 * fp32_scores.abs().max().item())
+    loss = model.train().loss(Batch(torch.tensor([[3, 4, 5, 6], [7, 8, 9, 0]]), torch.zeros(2, dtype=torch.long)))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
