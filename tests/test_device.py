@@ -18,15 +18,17 @@ def _darec():
     return build_model(config.model, 30, 8)
 
 
-def test_auto_picks_bf16_only_for_llm_backed_models_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_fp32_on_cpu_and_a_cpu_with_native_bf16_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from darec.device import bf16_hint
+
     sasrec = build_model(build_config(overrides=["model=sasrec"]).model, 30, 8)
     darec = _darec()
+    assert resolve_precision(CPU, "auto") == "fp32" and resolve_precision(CPU, "bf16") == "bf16"
     monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: True)
-    assert resolve_precision(CPU, "auto", darec) == "bf16"
-    assert resolve_precision(CPU, "auto", sasrec) == "fp32"  # small matmuls: kept at the precision it was measured at
+    assert "precision=bf16" in bf16_hint(CPU, "fp32", darec)
+    assert bf16_hint(CPU, "fp32", sasrec) == "" and bf16_hint(CPU, "bf16", darec) == ""  # no backbone; already bf16
     monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: False)
-    assert resolve_precision(CPU, "auto", darec) == "fp32"  # emulated bf16 is slow
-    assert resolve_precision(CPU, "bf16", sasrec) == "bf16" and resolve_precision(CPU, "fp32", darec) == "fp32"
+    assert bf16_hint(CPU, "fp32", darec) == ""  # emulated bf16 is slow: no hint
 
 
 def test_bf16_holds_the_backbone_in_bf16_and_the_rest_in_fp32() -> None:
