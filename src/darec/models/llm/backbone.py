@@ -128,7 +128,10 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF checkpoint once into a safetensors model directory (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with atomic_directory(out) as tmp:
+    # fork_rng: the plain model below is randomly initialised before the weights are copied in;
+    # that must not move the caller's RNG, or a run that converts (the first on a machine) would
+    # initialise its adapters differently from every later run, which loads the converted copy.
+    with torch.random.fork_rng(), atomic_directory(out) as tmp:
         AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
         quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # transformers will not save a model it loaded from GGUF: copy the dequantized
