@@ -74,14 +74,6 @@ def bf16_hint(device: torch.device, precision: str, model: nn.Module) -> str:
             "faster, with no accuracy difference measured (bench/results/llm_throughput.md, precision_parity.md)")
 
 
-def saved_precision(device: torch.device, precision: str) -> str:
-    """The precision of a run saved with ``precision``: runs store the one they resolved to;
-    ``auto`` in a saved run is from before, when it meant bf16 on CUDA and fp32 on every CPU."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
 def pretrained_parameters(model: nn.Module) -> set[str]:
     """Names of the frozen pretrained parameters (the ones a model rebuilds from their source)."""
     return set(getattr(model, "rebuilt_state_keys", set)())

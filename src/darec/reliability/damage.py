@@ -36,6 +36,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from darec.reliability.fuzz import flip_bits
+from darec.reliability.kill import train_summary
 
 FAST = ["--set", "max_len=20", "--set", "hidden_size=16", "--set", "inner_size=32", "--set", "epochs=3",
         "--set", "patience=0", "--set", "deterministic=true", "--no-progress"]
@@ -194,13 +195,6 @@ def _train(argv: list[str], file_limit: int | None = None) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "darec", *argv], capture_output=True, text=True, preexec_fn=limit)
 
 
-def _summary(run: Path) -> Any:
-    from safetensors.torch import load_file
-
-    return (json.loads((run / "results.json").read_text()),
-            {k: v.tolist() for k, v in sorted(load_file(run / "model.safetensors").items())})
-
-
 def disk_full(workdir: Path, seed: int) -> dict[str, Any]:
     """Train into a file system that fills up part of the way; the run must stop with a clear
     error, its last checkpoint must load, and, given room, a resume must end as the
@@ -241,7 +235,7 @@ def disk_full(workdir: Path, seed: int) -> dict[str, Any]:
             subprocess.run(["mount", "-o", f"remount,size={size * 4}", str(room)], capture_output=True)
         argv = ["train", "--resume", str(run), "--no-progress"] if state is not None else [*TRAIN, "--run-dir", str(run)]
         second = _train(argv)
-        identical = second.returncode == 0 and _summary(run) == _summary(reference)
+        identical = second.returncode == 0 and train_summary(run) == train_summary(reference)
         row.update(resumed_exit=second.returncode, identical=identical, loadable=loadable)
         row["outcome"] = "clean_error" if ok and loadable and identical else "silent" if not ok else "failed"
         return row
@@ -276,7 +270,7 @@ def read_only(workdir: Path) -> dict[str, Any]:
             for p in [run, *run.rglob("*")]:
                 p.chmod(p.stat().st_mode | 0o200)
         again = _train(["train", "--resume", str(run), "--set", "epochs=3", "--no-progress"])
-        identical = again.returncode == 0 and _summary(run) == _summary(reference)
+        identical = again.returncode == 0 and train_summary(run) == train_summary(reference)
         clear = resumed.returncode == 2 and "cannot write" in resumed.stderr and "Traceback" not in resumed.stderr
         return {"method": "tmpfs remounted read-only" if mounted else "chmod a-w", "exit": resumed.returncode,
                 "message": " ".join(resumed.stderr.split()[-30:]), "evaluate_exit": evaluated.returncode,

@@ -45,7 +45,8 @@ def _darec(*args: str) -> list[str]:
     return [sys.executable, "-m", "darec", *args]
 
 
-def _train_summary(out: Path) -> Any:
+def train_summary(out: Path) -> Any:
+    """What a finished training run must share with an uninterrupted one: results, per-epoch history, weights."""
     from safetensors.torch import load_file
 
     rows = json.loads((out / "results.json").read_text())
@@ -72,7 +73,7 @@ def _search_summary(out: Path) -> Any:
 TRAIN = Command("train", lambda out: _darec("train", *TRAIN_ARGS, "--run-dir", str(out)),
                 lambda out: _darec("train", "--resume", str(out), "--no-progress"),
                 lambda out: (out / "config.yaml").exists(),  # a resume starts again when no checkpoint was committed
-                _train_summary)
+                train_summary)
 SEARCH = Command("search", lambda out: _darec("search", str(out), *SEARCH_ARGS),
                  lambda out: _darec("search", str(out), "--resume"),
                  lambda out: (out / "search.yaml").exists(), _search_summary)

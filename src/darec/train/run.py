@@ -33,7 +33,7 @@ from typing import Any
 
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
-from darec.device import apply_precision, resolve_device, saved_precision
+from darec.device import apply_precision, resolve_device
 from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.train.checkpoint import load_model_state
@@ -43,9 +43,7 @@ CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-
-
-log = logging.getLogger("darec")
+log = logging.getLogger("darec")  # warnings for the user (the CLI prints them)
 
 
 class RunDir:
@@ -122,7 +120,6 @@ class RunDir:
             return staged
         raise DamagedFile(f"{self.best}: {problem} (damaged, or written by an epoch the run never committed); "
                           "`darec train --resume` trains it again")
-
 
     def verify_checkpoint(self, state: dict[str, Any]) -> None:
         """Refuse the checkpoint ``state`` names if any of its files is missing or damaged."""
@@ -222,12 +219,13 @@ def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, fi
 def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     """The best model of a finished (or interrupted) run, ready to score."""
     run = RunDir(run_dir)
-    config = run.read_config()
-    weights = run.best_weights()
-    id_map = run.read_id_map()
+    state = run.read_state() if run.state.exists() else None  # read once, checked against its seal
+    config = run.read_config(state or {})
+    weights = run.best_weights(state)
+    id_map = run.read_id_map(state or {})
     model = build_model(config.model, len(id_map["items"]) - 1, config.data.max_len)
     target = resolve_device(device if device != "auto" else config.train.device)
     load_model_state(model, weights)
     model.to(target).eval()
-    apply_precision(model, target, saved_precision(target, config.train.precision))  # evaluated as it was trained
+    apply_precision(model, target, config.train.precision)  # evaluated as it was trained
     return LoadedRun(config, model, id_map)

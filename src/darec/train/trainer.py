@@ -28,7 +28,7 @@ from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
 from darec.train.significance import save_per_user
-from darec.device import apply_precision, autocast, bf16_hint, resolve_device, saved_precision
+from darec.device import apply_precision, autocast, bf16_hint, resolve_device
 from darec.train.run import BEST, STATE, RunDir, check_same_data, with_absolute_paths
 
 SELECT = "ndcg@10"
@@ -138,8 +138,7 @@ class Trainer:
         self.model = build_model(config.model, self.dataset.n_items, config.data.max_len)
         self.model.prepare(self.dataset)
         self.model.to(self.device)
-        precision = saved_precision(self.device, t.precision) if resume_state is not None else t.precision
-        self.precision = apply_precision(self.model, self.device, precision)
+        self.precision = apply_precision(self.model, self.device, t.precision)
         if hint := bf16_hint(self.device, self.precision, self.model):
             self.console.log(hint)
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
