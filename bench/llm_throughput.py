@@ -25,8 +25,10 @@ run (``cpu_mfu`` on CPU). ``6N`` MFU, the usual convention, is kept too.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ from darec.data import load_dataset
 from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
-from darec.device import apply_precision, autocast
+from darec.device import adamw, apply_precision, autocast
 
 RESULTS = HERE / "results" / "llm_throughput.json"
 SHAPE = HERE / "configs" / "smollm2-135m.json"
@@ -72,24 +74,50 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - begin
 
 
-PATHS = {"fp32": ("fp32", False), "bf16-autocast": ("bf16", False), "bf16": ("bf16", True)}  # precision, backbone held in bf16
+@dataclass(frozen=True)
+class ExecutionPath:
+    precision: str  # fp32 or bf16 (autocast)
+    hold: bool = True  # the frozen backbone held in bf16 (precision=bf16 in darec), else cast at every op
+    lora_dropout: float = 0.05  # LoRA's dropout (lora:R's default); 0 draws no masks
+    compiled: bool = False  # torch.compile on each decoder layer (regional: one compilation serves every layer)
 
 
-def measure(device: torch.device, path: str, args: argparse.Namespace) -> Row:
-    precision, hold = PATHS[path]
-    overrides = ["model=darec", f"backbone=random:{args.shape}", f"item_tokens={args.item_tokens}",
+PATHS = {
+    "fp32": ExecutionPath("fp32", hold=False),
+    "bf16-autocast": ExecutionPath("bf16", hold=False),
+    "bf16": ExecutionPath("bf16"),
+    "bf16-nodrop": ExecutionPath("bf16", lora_dropout=0.0),
+    "bf16-nodrop-compiled": ExecutionPath("bf16", lora_dropout=0.0, compiled=True),
+}
+
+
+def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, data) -> torch.nn.Module:
+    shape = json.loads(Path(args.shape).read_text()) if Path(args.shape).is_file() else {}
+    layers = args.keep_layers or shape.get("num_hidden_layers", 30)
+    plan = ", ".join([f"lora:8:dropout={path.lora_dropout:g}"] * layers)
+    overrides = ["model=darec", f"backbone=random:{args.shape}", f"item_tokens={args.item_tokens}", f"plan=[{plan}]",
                  f"keep_layers={args.keep_layers}", f"gradient_checkpointing={args.gradient_checkpointing}"]
     config = build_config(overrides=overrides)
-    data = load_dataset(args.dataset)
     torch.manual_seed(0)
     model = build_model(config.model, data.n_items, args.max_len)
     model.prepare(data)
     model.to(device).train()
-    if hold:
-        apply_precision(model, device, precision)
+    if path.hold:
+        apply_precision(model, device, path.precision)
     else:
-        model.precision = precision  # autocast over fp32 weights
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        model.precision = path.precision  # autocast over fp32 weights
+    if path.compiled:
+        for layer in model.llm.layers:
+            layer.compile()
+    return model
+
+
+def measure(device: torch.device, name: str, args: argparse.Namespace) -> list[Row]:
+    """A training row, and with ``--inference`` one for scoring the catalogue, for one path."""
+    path = PATHS[name]
+    data = load_dataset(args.dataset)
+    model = build(device, path, args, data)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     windows, skip = training_windows(data.train_sequences(), args.max_len)
     full = (windows > 0).sum(1) == args.max_len + 1  # full-length windows: every batch the same shape
     windows, skip = torch.from_numpy(windows[full]), torch.from_numpy(skip[full])
@@ -98,10 +126,10 @@ def measure(device: torch.device, path: str, args: argparse.Namespace) -> Row:
         raise SystemExit(f"{args.dataset} has {len(windows)} windows of {args.max_len + 1} items; batch size x steps needs "
                          f"{needed}: pick a data set with longer sequences (ml-100k) or a shorter --max-len")
     batches = [Batch(windows[i : i + args.batch_size], skip[i : i + args.batch_size]).to(device)
-               for i in range(0, args.batch_size * (args.warmup + args.steps), args.batch_size)]
+               for i in range(0, needed, args.batch_size)]
 
     def step(batch: Batch) -> None:
-        with autocast(device, precision):
+        with autocast(device, path.precision):
             loss = model.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,23 +139,50 @@ def measure(device: torch.device, path: str, args: argparse.Namespace) -> Row:
     if args.profile:
         profile(step, batches[-2:], device, args.profile)
     tokens = [int((model._pack(b.items[:, :-1]).item_index >= 0).sum()) for b in batches]
+    rows = [row(model, device, name, args, "train", tokens, times, 4)]
+    if args.inference:
+        model.eval()
+        users = [b.items[:, 1:] for b in batches]  # each window's last max_len items: a user's history
+        lengths = [(u > 0).sum(1) for u in users]
+
+        def score(i: int) -> None:
+            with torch.no_grad():
+                model.score(users[i], lengths[i])
+
+        times = [timed(lambda i=i: score(i), device) for i in range(len(users))]
+        tokens = [int((model._pack(u).item_index >= 0).sum()) for u in users]
+        rows.append(row(model, device, name, args, "inference", tokens, times, 2))
+    return rows
+
+
+def row(model, device: torch.device, name: str, args: argparse.Namespace, task: str, tokens: list[int], times: list[float],
+        flops_per_param: int) -> Row:
+    """Tokens/s over the timed steps (after the warm-up ones); MFU at ``flops_per_param`` x N
+    FLOPs a token (4 for training with a frozen backbone, 2 for a forward pass)."""
+    path = PATHS[name]
+    steady = statistics.median(times[args.warmup :])
     rates = [n / t for n, t in zip(tokens[args.warmup :], times[args.warmup :])]
     tokens_per_second = statistics.median(rates)
     params = sum(p.numel() for n, p in model.llm.named_parameters() if "embed" not in n and not p.requires_grad)
     shapes = model_shapes(model.llm.config, int(statistics.median(tokens)))
-    peak = matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32, shapes)
+    peak = matmul_peak(device, torch.bfloat16 if path.precision == "bf16" else torch.float32, shapes)
     layers = model.llm.config.num_hidden_layers
+    mfu = flops_per_param * params * tokens_per_second / peak
     return {
         "dataset": args.dataset, "model": "darec",
-        "variant": f"{device.type}:{path}:{layers}-layers:batch-{args.batch_size}{':checkpointing' if args.gradient_checkpointing else ''}",
-        "path": path, "protocol": None, "split": None,
+        "variant": f"{device.type}:{name}:{layers}-layers:batch-{args.batch_size}{':checkpointing' if args.gradient_checkpointing else ''}"
+                   f"{':inference' if task == 'inference' else ''}",
+        "path": name, "task": task, "protocol": None, "split": None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": precision, "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_len": args.max_len,
+        "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled,
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_len": args.max_len,
         "item_tokens": args.item_tokens, "gradient_checkpointing": args.gradient_checkpointing,
-        "tokens_per_step": statistics.median(tokens), "seconds_per_step": statistics.median(times[args.warmup :]),
+        "tokens_per_step": statistics.median(tokens), "seconds_per_step": steady,
+        # Compilation happens in the warm-up steps: what they took beyond a steady step.
+        "compile_seconds": sum(t - steady for t in times[: args.warmup]) if path.compiled else None,
         "tokens_per_second": tokens_per_second, "non_embedding_params": params,
-        "matmul_flops_at_model_shapes": peak, "peak_flops_measured": peak, "mfu": 6 * params * tokens_per_second / peak,
-        "mfu_frozen_4n": 4 * params * tokens_per_second / peak,
+        "matmul_flops_at_model_shapes": peak, "flops_per_token": flops_per_param * params, "mfu": mfu,
+        **({"cpu_mfu": mfu} if device.type == "cpu" else {}),
         "machine": machine(), "versions": versions(), "command": command_line(),
     }
 
@@ -150,20 +205,27 @@ def profile(step, batches: list[Batch], device: torch.device, path: Path) -> Non
 
 
 def markdown(rows: list[Row]) -> str:
-    cells = [[r["device"], r.get("path", r["precision"]), r["variant"].split(":")[2].split("-")[0], str(r["threads"]),
-              str(r["batch_size"]), "yes" if r["gradient_checkpointing"] else "no", f"{r['tokens_per_step']:.0f}",
-              f"{r['tokens_per_second']:.0f}", f"{r['baseline_tokens_per_second']:.0f}" if "baseline_tokens_per_second" in r else "",
-              f"{r['speedup']:.2f}x" if "speedup" in r else "", f"{r['peak_flops_measured'] / 1e12:.3f}",
-              f"{r['mfu_frozen_4n']:.1%}", f"{r['mfu']:.1%}"] for r in rows]
+    def cells(r: Row) -> list[str]:
+        compile_cell = f"{r['compile_seconds']:.0f}" if r.get("compile_seconds") is not None else ""
+        baseline = f"{r['baseline_tokens_per_second']:.0f}" if "baseline_tokens_per_second" in r else ""
+        return [r["device"], r.get("path", r["precision"]), r.get("task", "train"), r["variant"].split(":")[2].split("-")[0],
+                str(r["threads"]), str(r["batch_size"]), str(r["max_len"]), str(r["item_tokens"]),
+                "yes" if r["gradient_checkpointing"] else "no", f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_second']:.0f}",
+                baseline, f"{r['speedup']:.2f}x" if "speedup" in r else "", f"{r['matmul_flops_at_model_shapes'] / 1e12:.3f}",
+                f"{r['mfu']:.1%}", compile_cell]
+
     return markdown_table(
-        "DARec training throughput (generated by bench/llm_throughput.py from llm_throughput.json)",
-        ["SmolLM2-135M shape, random weights. Paths: fp32 eager (the baseline), bf16 autocast over fp32 weights,",
-         "bf16 with the frozen backbone held in bf16. Speedup: over fp32 eager measured in the same invocation.",
-         "MFU (4N): 4 N tokens/s (a frozen backbone does no weight gradients) over the matmul rate in the path's",
-         "precision at the model's own shapes, measured in the same run (older rows: a 4096 x 4096 matmul); 6N: the",
-         "usual convention."],
-        ["device", "path", "layers", "threads", "batch", "checkpointing", "tokens / step", "tokens / s", "fp32 tokens / s",
-         "speedup", "matmul TFLOP/s (measured)", "MFU (4N)", "MFU (6N)"], cells)
+        "DARec throughput (generated by bench/llm_throughput.py from llm_throughput.json)",
+        ["SmolLM2-135M shape, random weights, ml-100k-like batches. Paths: fp32 eager (the baseline: LoRA dropout 0.05),",
+         "bf16 autocast over fp32 weights, bf16 with the frozen backbone held in bf16 (precision=bf16, auto on CPUs with",
+         "AMX/AVX512-BF16), -nodrop: LoRA without dropout (no masks drawn), -compiled: torch.compile on each decoder layer.",
+         "train: loss, backward and a fused AdamW step; inference: scoring the catalogue for a batch of users.",
+         "Speedup: over fp32 eager, same task, measured in the same invocation. MFU: 4N FLOPs a token for training (a",
+         "frozen backbone does no weight gradients), 2N for inference, times tokens/s, over the matmul rate in the path's",
+         "precision at the model's own shapes measured in the same run (the four oldest rows: a 4096 x 4096 matmul).",
+         "Compile s: what the warm-up steps took beyond steady steps, kept out of tokens/s."],
+        ["device", "path", "task", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
+         "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
 
 
 def main() -> None:
@@ -181,6 +243,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--profile", type=Path, default=None, help="also profile two steps; append the op table to this file")
+    parser.add_argument("--inference", action="store_true", help="also time scoring the catalogue (one row a path)")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="execution paths, fp32 first (the baseline of each row's speedup)")
     args = parser.parse_args()
@@ -190,20 +253,17 @@ def main() -> None:
         if name == "cuda" and not torch.cuda.is_available():
             print("no CUDA device: skipped", flush=True)
             continue
-        baseline = None
+        baseline: dict[str, float] = {}  # task -> fp32 tokens/s
         for path in args.paths:
-            row = measure(torch.device(name), path, args)
-            if path == "fp32":
-                baseline = row["tokens_per_second"]
-            if baseline is not None:
-                row.update(baseline_tokens_per_second=baseline, speedup=row["tokens_per_second"] / baseline)
-            if name == "cpu":
-                row["cpu_mfu"] = row["mfu_frozen_4n"]
-            save_rows(args.results, [row], markdown)
-            speedup = f", {row['speedup']:.2f}x fp32" if "speedup" in row else ""
-            print(f"{row['variant']}: {row['tokens_per_second']:.0f} tokens/s{speedup}, MFU {row['mfu_frozen_4n']:.1%} (4N)",
-                  flush=True)
-
+            for row in measure(torch.device(name), path, args):
+                if path == "fp32":
+                    baseline[row["task"]] = row["tokens_per_second"]
+                if row["task"] in baseline:
+                    reference = baseline[row["task"]]
+                    row.update(baseline_tokens_per_second=reference, speedup=row["tokens_per_second"] / reference)
+                save_rows(args.results, [row], markdown)
+                speedup = f", {row['speedup']:.2f}x fp32" if "speedup" in row else ""
+                print(f"{row['variant']}: {row['tokens_per_second']:.0f} tokens/s{speedup}, MFU {row['mfu']:.1%}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -18,17 +18,16 @@ def _darec():
     return build_model(config.model, 30, 8)
 
 
-def test_auto_is_fp32_on_cpu_and_a_cpu_with_native_bf16_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    from darec.device import bf16_hint
-
+def test_auto_is_bf16_for_a_pretrained_backbone_on_a_cpu_with_native_bf16_only(monkeypatch: pytest.MonkeyPatch) -> None:
     sasrec = build_model(build_config(overrides=["model=sasrec"]).model, 30, 8)
     darec = _darec()
-    assert resolve_precision(CPU, "auto") == "fp32" and resolve_precision(CPU, "bf16") == "bf16"
     monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: True)
-    assert "precision=bf16" in bf16_hint(CPU, "fp32", darec)
-    assert bf16_hint(CPU, "fp32", sasrec) == "" and bf16_hint(CPU, "bf16", darec) == ""  # no backbone; already bf16
+    assert resolve_precision(CPU, "auto", darec) == "bf16"
+    assert resolve_precision(CPU, "auto", sasrec) == "fp32"  # trained from scratch: nothing held in bf16
+    assert resolve_precision(CPU, "auto") == "fp32" and resolve_precision(CPU, "fp32", darec) == "fp32"
     monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: False)
-    assert bf16_hint(CPU, "fp32", darec) == ""  # emulated bf16 is slow: no hint
+    assert resolve_precision(CPU, "auto", darec) == "fp32"  # emulated bf16 is slower
+    assert resolve_precision(CPU, "bf16", darec) == "bf16"  # asked for: granted
 
 
 def test_bf16_holds_the_backbone_in_bf16_and_the_rest_in_fp32() -> None:

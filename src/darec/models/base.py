@@ -10,9 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from darec.config import option
+from darec.config import ConfigError, option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
+
+
+def companion(companions: Companions | None, field: str) -> SequentialRecommender:
+    """The loaded companion run of config ``field`` (see :meth:`SequentialRecommender.companion_runs`)."""
+    if not companions or field not in companions:
+        raise ConfigError(f"model.{field}: its run was not loaded; prepare() takes it from darec.train.load_companions")
+    return companions[field]
 
 
 @dataclass
@@ -35,9 +42,16 @@ class SequentialRecommender(nn.Module):
         self.config, self.n_items, self.max_len = config, n_items, max_len
         self.precision = "fp32"  # how it runs: set by darec.device.apply_precision
 
-    def prepare(self, dataset: SequenceDataset) -> None:
+    def companion_runs(self) -> dict[str, tuple[str, str]]:
+        """Finished runs this model starts from, by config field: ``{"cf_run": (run directory,
+        "sasrec")}``. The trainer loads them (checked to hold that model, trained on the same
+        data) and hands them to :meth:`prepare`; models never read run directories themselves."""
+        return {}
+
+    def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
         """Called before training with the data set (its training part and item text only),
-        for what a model derives from data rather than learns: counts, tokenized titles."""
+        for what a model derives from data rather than learns: counts, tokenized titles; and
+        with the loaded :meth:`companion_runs`, keyed by their config field."""
 
     def rebuilt_state_keys(self) -> set[str]:
         """State entries the constructor rebuilds identically (a frozen pretrained backbone),
@@ -53,6 +67,9 @@ class SequentialRecommender(nn.Module):
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+Companions = dict[str, SequentialRecommender]  # companion runs' models, by config field
 
 
 def last_state(hidden: Tensor, lengths: Tensor) -> Tensor:

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from darec.config import option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
-from darec.models.base import SequentialRecommender, catalogue_scores
-from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, prepare_item_table
+from darec.models.base import Companions, SequentialRecommender, catalogue_scores
+from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, item_table_companions, prepare_item_table
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
 
@@ -39,8 +39,11 @@ class BERT4Rec(SequentialRecommender):
         self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h))
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
-    def prepare(self, dataset: SequenceDataset) -> None:
-        prepare_item_table(self.encoder.item_embedding, self.config, dataset)
+    def companion_runs(self) -> dict[str, tuple[str, str]]:
+        return item_table_companions(self.config)
+
+    def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
+        prepare_item_table(self.encoder.item_embedding, self.config, dataset, companions)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         return catalogue_scores(self.head(hidden), self.encoder.item_embedding.weight[: self.n_items + 1], self.bias)

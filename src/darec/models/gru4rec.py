@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from darec.config import option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
-from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
-from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, prepare_item_table
+from darec.models.base import Companions, ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, item_table_companions, prepare_item_table
 from darec.models.registry import register
 
 
@@ -43,8 +43,11 @@ class GRU4Rec(SequentialRecommender):
         output, _ = self.gru(self.dropout(self.item_embedding(items)))
         return self.out(output)
 
-    def prepare(self, dataset: SequenceDataset) -> None:
-        prepare_item_table(self.item_embedding, self.config, dataset)
+    def companion_runs(self) -> dict[str, tuple[str, str]]:
+        return item_table_companions(self.config)
+
+    def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
+        prepare_item_table(self.item_embedding, self.config, dataset, companions)
 
     def loss(self, batch: Batch) -> Tensor:
         weight = self.item_embedding.weight

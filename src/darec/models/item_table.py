@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from darec.config import ConfigError, option
 from darec.data.dataset import SequenceDataset
-from darec.models.base import info_nce
+from darec.data.item_embeddings import EmbeddingFileError, load_item_embeddings, read_table
+from darec.models.base import Companions, companion, info_nce
 
 
 @dataclass
@@ -61,27 +62,28 @@ def item_table(options: ItemTableOptions, n_items: int, n_tokens: int, hidden: i
         table = nn.Embedding(n_tokens, hidden, padding_idx=0)
         nn.init.normal_(table.weight, std=0.02)
         return table
-    from darec.models.llm.llmemb.embeddings import EmbeddingFileError, read_table
-
     table = read_table(options.item_embeddings)
     if table.size(0) != n_items + 1:
         raise EmbeddingFileError(f"{options.item_embeddings}: made for {table.size(0) - 1} items, the data set has {n_items}")
     return AdaptedItemEmbedding(table, n_tokens, hidden, aligned=bool(options.align_run))
 
 
-def prepare_item_table(table: nn.Module, options: ItemTableOptions, dataset: SequenceDataset) -> None:
-    """Check an embedding file's item ids against the data set, and load the alignment target."""
+def item_table_companions(options: ItemTableOptions) -> dict[str, tuple[str, str]]:
+    """The SASRec run the adapted embeddings align with, when there is one."""
+    return {"align_run": (options.align_run, "sasrec")} if options.align_run else {}
+
+
+def prepare_item_table(table: nn.Module, options: ItemTableOptions, dataset: SequenceDataset,
+                       companions: Companions | None) -> None:
+    """Check an embedding file's item ids against the data set, and load the alignment target
+    from the ``align_run`` companion."""
     if not isinstance(table, AdaptedItemEmbedding):
         if options.align_run:
             raise ConfigError("align_run needs item_embeddings (it aligns the adapted LLM embeddings)")
         return
-    from darec.models.llm.llmemb.embeddings import load_item_embeddings
-    from darec.train.run import load_companion  # import late: the train package builds models
-
     load_item_embeddings(options.item_embeddings, dataset)
     if options.align_run:
-        run = load_companion(options.align_run, dataset, "sasrec", "model.align_run")
-        target = run.model.encoder.item_embedding.weight.detach()[: dataset.n_items + 1]
+        target = companion(companions, "align_run").encoder.item_embedding.weight.detach()[: dataset.n_items + 1]
         hidden = table.adapter[-1].out_features
         if target.size(1) != hidden:
             raise ConfigError(f"align_run: its hidden size is {target.size(1)}, this model's {hidden}")

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from darec.config import option
 from darec.data.dataset import SequenceDataset
-from darec.models.base import ModelConfig, SequentialRecommender
+from darec.models.base import Companions, ModelConfig, SequentialRecommender
 from darec.models.registry import register
 
 
@@ -24,7 +24,7 @@ class Pop(SequentialRecommender):
         super().__init__(config, n_items, max_len)
         self.register_buffer("counts", torch.zeros(n_items + 1))
 
-    def prepare(self, dataset: SequenceDataset) -> None:
+    def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
         self.counts.copy_(torch.from_numpy(dataset.item_popularity()))
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:

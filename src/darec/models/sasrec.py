@@ -10,8 +10,8 @@ from torch import Tensor
 from darec.config import option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
-from darec.models.base import SequentialRecommender, catalogue_scores, last_state, next_item_loss
-from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, prepare_item_table
+from darec.models.base import Companions, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, item_table_companions, prepare_item_table
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
 
@@ -31,8 +31,11 @@ class SASRec(SequentialRecommender):
         table = item_table(config, n_items, n_items + 1, config.hidden_size)
         self.encoder = ItemEncoder(n_items + 1, max_len, config, table)
 
-    def prepare(self, dataset: SequenceDataset) -> None:
-        prepare_item_table(self.encoder.item_embedding, self.config, dataset)
+    def companion_runs(self) -> dict[str, tuple[str, str]]:
+        return item_table_companions(self.config)
+
+    def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
+        prepare_item_table(self.encoder.item_embedding, self.config, dataset, companions)
 
     def loss(self, batch: Batch) -> Tensor:
         hidden = self.encoder(batch.items[:, :-1], causal=True)

@@ -47,8 +47,8 @@ class TrainConfig:
     threads: int = option(0, "CPU threads for torch (0 = torch's default).", low=0)
     precision: Literal["auto", "fp32", "bf16"] = option(
         "auto", "bf16: autocast, with frozen weights (a pretrained backbone) held in bf16 and trainable ones, and "
-                "the optimizer state, in fp32; or fp32. auto: bf16 on CUDA with bf16 support, else fp32 (on CPUs with "
-                "AMX-BF16/AVX512-BF16, bf16 trains DARec ~1.3x faster at fp32's measured accuracy: set it there). "
+                "the optimizer state, in fp32; or fp32. auto: bf16 on CUDA with bf16 support, and on CPUs with native "
+                "bf16 matrix units (AMX-BF16/AVX512-BF16, detected) for models with a pretrained backbone; else fp32. "
                 "Evaluation runs the model the same way and scores in fp32.")
     eval_batch_size: int = option(512, "Users per evaluation batch.", low=1)
     valid_users: int = option(0, "Validate during training on a fixed random sample of this many users (0 = all): "

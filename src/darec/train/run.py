@@ -36,6 +36,7 @@ from darec.data.dataset import SequenceDataset
 from darec.device import apply_precision, resolve_device
 from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
+from darec.models.base import Companions
 from darec.train.checkpoint import load_model_state
 from darec.train.config import RunConfig, build_config
 
@@ -203,17 +204,22 @@ def read_config(run_dir: Path) -> RunConfig:
     return RunDir(run_dir).read_config()
 
 
-def load_companion(run_dir: str | Path, dataset: SequenceDataset, model: str, field: str) -> LoadedRun:
-    """A finished run another model builds on (e.g. a pre-trained SASRec), on CPU, checked to
-    hold ``model`` trained on ``dataset``; errors name the config ``field`` that pointed to it."""
-    try:
-        loaded = load_run(Path(run_dir), device="cpu")
-    except (ConfigError, FileNotFoundError, DamagedFile) as exc:
-        raise ConfigError(f"{field}: {exc}") from exc
-    if loaded.config.model.name != model:
-        raise ConfigError(f"{field}: {run_dir} holds a {loaded.config.model.name} run, not {model}")
-    check_same_data(Path(run_dir), dataset)
-    return loaded
+def load_companions(model: SequentialRecommender, dataset: SequenceDataset) -> Companions:
+    """The finished runs ``model`` starts from (its :meth:`~SequentialRecommender.companion_runs`,
+    e.g. a pre-trained SASRec), loaded on CPU and checked to hold the model each field expects,
+    trained on ``dataset``; errors name the config field that pointed to the run."""
+    companions = {}
+    for field, (run_dir, expected) in model.companion_runs().items():
+        where = f"model.{field}"
+        try:
+            loaded = load_run(Path(run_dir), device="cpu")
+        except (ConfigError, FileNotFoundError, DamagedFile) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        if loaded.config.model.name != expected:
+            raise ConfigError(f"{where}: {run_dir} holds a {loaded.config.model.name} run, not {expected}")
+        check_same_data(Path(run_dir), dataset)
+        companions[field] = loaded.model
+    return companions
 
 
 def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:

@@ -28,8 +28,8 @@ from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
 from darec.train.significance import save_per_user
-from darec.device import apply_precision, autocast, bf16_hint, resolve_device
-from darec.train.run import BEST, STATE, RunDir, check_same_data, with_absolute_paths
+from darec.device import adamw, apply_precision, autocast, resolve_device
+from darec.train.run import BEST, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
 
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
@@ -136,11 +136,12 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.dataset = dataset or load_dataset(config.data.dataset, config.data.data_root, config.data.k_core, t.seed)
         self.model = build_model(config.model, self.dataset.n_items, config.data.max_len)
-        self.model.prepare(self.dataset)
+        self.model.prepare(self.dataset, load_companions(self.model, self.dataset))
         self.model.to(self.device)
         self.precision = apply_precision(self.model, self.device, t.precision)
-        if hint := bf16_hint(self.device, self.precision, self.model):
-            self.console.log(hint)
+        if self.precision == "bf16" and t.precision == "auto" and self.device.type == "cpu":
+            self.console.log("precision auto: bf16 (this CPU multiplies bf16 natively; the frozen backbone is held in bf16, "
+                             "the trained parts in fp32; precision=fp32 to turn it off)")
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
         params = [p for p in self.model.parameters() if p.requires_grad]
         total = sum(p.numel() for p in self.model.parameters())
@@ -152,7 +153,7 @@ class Trainer:
         windows, skip = training_windows(self.dataset.train_sequences(), config.data.max_len, context, config.data.windows_per_user)
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay) if params else None
+        self.optimizer = adamw(params, t.lr, t.weight_decay) if params else None
         self.scheduler = self._scheduler() if params else None
         self.valid = self._validation_users()
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,

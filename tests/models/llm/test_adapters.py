@@ -6,6 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from darec.config import ConfigError
 from darec.models.llm.adapters import apply_plan, describe_plan, trainable_parameters
+from darec.models.llm.adapters.peft_methods import LoraSpec
 from darec.models.llm.backbone import TINY
 
 from .test_backbone_and_masking import _families
@@ -106,6 +107,23 @@ def test_bad_plans_are_refused_clearly() -> None:
         apply_plan(_llama(2), ["lora:x", "none"])
     with pytest.raises(ConfigError, match="takes no size"):
         apply_plan(_llama(2), ["ia3:4", "none"])
+
+
+def test_plan_entries_set_other_fields_of_the_method_by_name() -> None:
+    from darec.models.llm.adapters.base import parse_entry
+
+    assert parse_entry("lora:8:dropout=0") == ("lora", LoraSpec(r=8, dropout=0.0))
+    assert parse_entry("lora:alpha_per_rank=4") == ("lora", LoraSpec(alpha_per_rank=4.0))
+    with pytest.raises(ConfigError, match="unknown key 'dropot'. Did you mean 'dropout'"):
+        parse_entry("lora:8:dropot=0")
+    with pytest.raises(ConfigError, match=r"dropout: must be < 1, got 1"):
+        parse_entry("lora:8:dropout=1")
+    with pytest.raises(ConfigError, match="is not key=value"):
+        parse_entry("lora:8:4")
+    model = _llama(2)
+    apply_plan(model, ["lora:4:dropout=0", "lora:4"])  # two settings side by side
+    dropouts = [m for n, m in model.named_modules() if n.endswith("q_proj.lora_dropout")]
+    assert [type(next(iter(d.values()))).__name__ for d in dropouts] == ["Identity", "Dropout"]
 
 
 def test_the_prefix_finds_the_cache_in_the_attention_signature_and_checks_it_is_used() -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ from darec.data import load_dataset
 from darec.data.dataset import build_dataset
 from darec.data.formats import RawData
 from darec.models.llm.llmemb import (
-    EmbedConfig, EmbeddingFileError, augment, contrastive_loss, embed_items, item_attributes, item_prompt,
-    load_item_embeddings, pca, save_item_embeddings,
+    EmbedConfig, augment, contrastive_loss, embed_items, item_attributes, item_prompt, pca,
 )
 
 ATTRS = [("title", "Toy Story"), ("release year", "1995"), ("genre", "Animation, Comedy"), ("brand", "Pixar"), ("x", "y")]
@@ -47,22 +45,6 @@ def test_contrastive_loss_on_a_hand_computed_case() -> None:
     assert contrastive_loss(a, b, torch.tensor(0.0)).item() == pytest.approx(expected, rel=1e-6)
     # a higher inverse temperature sharpens: scale e^1 = e -> -log(e^e / (e^e + 1))
     assert contrastive_loss(a, b, torch.tensor(1.0)).item() == pytest.approx(math.log(1 + math.exp(-math.e)), rel=1e-6)
-
-
-def test_embedding_file_round_trips_and_refuses_other_data(tmp_path: Path) -> None:
-    data = load_dataset("synthetic-tiny")
-    table = torch.randn(data.n_items + 1, 6)
-    save_item_embeddings(tmp_path / "e.safetensors", table, data, method="test")
-    assert torch.equal(load_item_embeddings(tmp_path / "e.safetensors", data), table)
-    other = load_dataset("synthetic-small")
-    with pytest.raises(EmbeddingFileError, match="made for 39 items"):
-        load_item_embeddings(tmp_path / "e.safetensors", other)
-    data.item_ids[3], data.item_ids[4] = data.item_ids[4], data.item_ids[3]
-    with pytest.raises(EmbeddingFileError, match="row 3"):
-        load_item_embeddings(tmp_path / "e.safetensors", data)
-    (tmp_path / "bad.safetensors").write_text("not a tensor file")
-    with pytest.raises(EmbeddingFileError, match="not an item-embedding file"):
-        load_item_embeddings(tmp_path / "bad.safetensors", data)
 
 
 def test_pca_keeps_the_leading_directions() -> None:

@@ -31,7 +31,8 @@ from darec.config import ConfigError, Retired, option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
 from darec.device import autocast
-from darec.models.base import ModelConfig, SequentialRecommender, catalogue_scores, info_nce, last_state, next_item_loss
+from darec.models.base import (Companions, ModelConfig, SequentialRecommender, catalogue_scores, companion, info_nce, last_state,
+                               next_item_loss)
 from darec.models.llm.adapters import apply_plan, describe_plan
 from darec.models.llm.backbone import load_backbone
 from darec.models.llm.masking import item_attention_mask
@@ -133,29 +134,25 @@ class DARec(SequentialRecommender):
         # The frozen backbone comes back from its source; only adapters and heads are saved.
         return {f"llm.{n}" for n, p in self.llm.named_parameters() if not p.requires_grad}
 
-    def prepare(self, dataset: SequenceDataset) -> None:
+    def companion_runs(self) -> dict[str, tuple[str, str]]:
+        return {"cf_run": (self.config.cf_run, "sasrec")} if self.config.cf_run else {}
+
+    def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
         """Tokenize every item title once (kept in a buffer, so it is saved with the run),
-        and start the collaborative model from ``cf_run`` when one is given."""
+        and start the collaborative model from the ``cf_run`` companion when there is one."""
         width = self.item_text.size(1)
         for item, text in enumerate(dataset.item_text):
             ids = self._encode(text)[:width] if text else []
             self.item_text[item, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             self.item_text_len[item] = len(ids)
         if self.config.cf_run:
-            self._load_cf(dataset)
+            try:
+                self.cf.load_state_dict(companion(companions, "cf_run").state_dict())
+            except RuntimeError as exc:
+                raise ConfigError(f"model.cf_run: {self.config.cf_run} does not fit this model's collaborative SASRec "
+                                  f"(cf_hidden={self.config.cf_hidden}, max_len={self.max_len}, 2 layers): {exc}") from exc
         if self.config.cf_freeze:
             self.cf.requires_grad_(False)
-
-    def _load_cf(self, dataset: SequenceDataset) -> None:
-        from darec.train.run import load_companion  # the train package builds models: import late
-
-        run = self.config.cf_run
-        loaded = load_companion(run, dataset, "sasrec", "model.cf_run")
-        try:
-            self.cf.load_state_dict(loaded.model.state_dict())
-        except RuntimeError as exc:
-            raise ConfigError(f"model.cf_run: {run} does not fit this model's collaborative SASRec (cf_hidden="
-                              f"{self.config.cf_hidden}, max_len={self.max_len}, 2 layers): {exc}") from exc
 
     def _pack(self, items: Tensor) -> Packed:
         """Lay each row's spans out back to back: [title tokens][semantic token][item token]."""

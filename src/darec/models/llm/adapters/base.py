@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from darec.config import ConfigError
+from darec.config import ConfigError, from_dict, parse_override
 from darec.models.llm.backbone import decoder_layers
 
 # Attention and MLP sub-modules of a decoder layer, by family (Llama, Qwen2, Gemma3: self_attn;
@@ -70,20 +70,27 @@ def register_adapter(name: str, config: type) -> Callable[[Apply], Apply]:
 
 
 def parse_entry(entry: str, where: str = "plan") -> tuple[str, Any]:
-    """``"lora:8"`` -> ("lora", LoraSpec(r=8)); ``"none"`` -> ("none", NoneSpec())."""
-    name, _, value = entry.strip().partition(":")
+    """``"lora:8"`` -> ("lora", LoraSpec(r=8)); ``"none"`` -> ("none", NoneSpec()); other
+    fields of the method's config as ``key=value`` parts: ``"lora:8:dropout=0"``."""
+    name, *parts = [p.strip() for p in entry.strip().split(":")]
     if name not in ADAPTERS:
         raise ConfigError(f"{where}: unknown adapter {name!r}; choose from {', '.join(sorted(ADAPTERS))}")
     config_cls = ADAPTERS[name][0]
     fields = dataclasses.fields(config_cls)
-    if not value:
-        return name, config_cls()
-    if not fields:
-        raise ConfigError(f"{where}: {name} takes no size, got {entry!r}")
-    try:
-        size = int(value)
-    except ValueError:
-        raise ConfigError(f"{where}: the size in {entry!r} must be an integer") from None
-    if size < 1:
-        raise ConfigError(f"{where}: the size in {entry!r} must be at least 1")
-    return name, config_cls(**{fields[0].name: size})
+    values: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        if "=" in part:
+            key, value = parse_override(part)
+            if key in values:
+                raise ConfigError(f"{where}: {key} given twice in {entry!r}")
+            values[key] = value
+        elif i == 0 and fields:  # the size: the method's first field
+            try:
+                values[fields[0].name] = int(part)
+            except ValueError:
+                raise ConfigError(f"{where}: the size in {entry!r} must be an integer") from None
+        elif not fields:
+            raise ConfigError(f"{where}: {name} takes no size or settings, got {entry!r}")
+        else:
+            raise ConfigError(f"{where}: {part!r} in {entry!r} is not key=value (only the first part may be a bare size)")
+    return name, from_dict(config_cls, values, f"{where} ({entry})")

@@ -1,6 +1,6 @@
 """LLMEmb: LLM-generated item embeddings (SCFT) for any sequential recommender."""
 
-from darec.models.llm.llmemb.embeddings import EmbeddingFileError, load_item_embeddings, save_item_embeddings
+from darec.data.item_embeddings import EmbeddingFileError, load_item_embeddings, save_item_embeddings
 from darec.models.llm.llmemb.prompts import augment, item_attributes, item_prompt
 from darec.models.llm.llmemb.scft import EmbedConfig, contrastive_loss, embed_items, mean_pool, pca
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from darec.config import option
 from darec.data.dataset import SequenceDataset
-from darec.device import resolve_device
+from darec.device import adamw, resolve_device
 from darec.models.llm.backbone import Backbone, BackboneError, load_backbone
 from darec.models.llm.llmemb.prompts import augment, item_attributes, item_prompt
 
@@ -125,7 +125,7 @@ def _fine_tune(encoder: PromptEncoder, prompts: list[list[tuple[str, str]]], con
     device = next(encoder.model.parameters()).device
     log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))  # CLIP's starting temperature
     params = [p for p in encoder.model.parameters() if p.requires_grad] + [log_scale]
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    optimizer = adamw(params, config.lr)
     rng = np.random.default_rng(config.seed)
     items = np.arange(1, len(prompts))
     losses = []
