@@ -25,6 +25,7 @@ import yaml
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, machine, markdown_table, save_rows,
                     train_rows, versions, versus, versus_cell, with_seeds)
 from darec_accuracy import BUDGETS
+from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
 from darec.search.space import DEFAULT_CHOICES
@@ -38,7 +39,7 @@ def trainable(overrides: list[str], run_dir: Path) -> int:
     """Trainable parameters of a finished run's model."""
     trainer = Trainer(None, run_dir, resume=True, progress=False) if (run_dir / "trainer_state.json").exists() else None
     model = trainer.model if trainer else Trainer(build_config(overrides=overrides), run_dir, progress=False).model
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable_parameters(model)[0]
 
 
 def markdown(rows: list[Row]) -> str:

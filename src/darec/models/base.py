@@ -72,13 +72,20 @@ class SequentialRecommender(nn.Module):
 Companions = dict[str, SequentialRecommender]  # companion runs' models, by config field
 
 
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def last_state(hidden: Tensor, lengths: Tensor) -> Tensor:
     """Hidden state at the last real position of each right-padded row: [B, L, H] -> [B, H]."""
     return hidden[torch.arange(hidden.size(0), device=hidden.device), lengths - 1]
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    """Symmetric in-batch InfoNCE between matching rows of ``a`` and ``b``."""
+def info_nce(a: Tensor, b: Tensor, temperature: float | Tensor) -> Tensor:
+    """Symmetric in-batch InfoNCE between matching rows of ``a`` and ``b`` (row i of each is a
+    pair), on cosine similarities over ``temperature`` (a number, or a tensor to learn it)."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     logits = a @ b.T / temperature
     labels = torch.arange(a.size(0), device=a.device)

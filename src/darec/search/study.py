@@ -27,6 +27,7 @@ from rich.console import Console
 
 from darec.config import ConfigError, from_dict, load_yaml, to_dict
 from darec.io import atomic_write_text
+from darec.models.base import trainable_parameters
 from darec.models.llm.adapters import describe_plan, parse_plan
 from darec.models.llm.backbone import layer_count
 from darec.search.plots import plot_plans, plot_progress
@@ -154,7 +155,7 @@ class Search:
         ])
         run.model.plan = plan
         trainer = Trainer(run, self.out / "trials" / f"trial-{trial.number}", console=self.console, progress=False)
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        trainable, _ = trainable_parameters(trainer.model)
         trial.set_user_attr("trainable_parameters", trainable)
         self.console.log(f"trial {trial.number}: {describe_plan(plan)} ({trainable:,} trainable)")
         if self.config.max_trainable and trainable > self.config.max_trainable:

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.models import SequentialRecommender, build_model
+from darec.models.base import trainable_parameters
 from darec.io import DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.config import ConfigError
@@ -144,8 +145,8 @@ class Trainer:
                              "the trained parts in fp32; precision=fp32 to turn it off)")
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
         params = [p for p in self.model.parameters() if p.requires_grad]
-        total = sum(p.numel() for p in self.model.parameters())
-        self.console.log(f"{config.model.name}: {sum(p.numel() for p in params):,} trainable parameters of {total:,}"
+        trainable, total = trainable_parameters(self.model)
+        self.console.log(f"{config.model.name}: {trainable:,} trainable parameters of {total:,}"
                          f"{'; ' + self.model.describe() if self.model.describe() else ''}")
         self.generator = torch.Generator().manual_seed(t.seed)
         self.deadline: float | None = None  # set by fit() from max_minutes

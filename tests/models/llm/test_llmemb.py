@@ -10,7 +10,7 @@ from darec.data import load_dataset
 from darec.data.dataset import build_dataset
 from darec.data.formats import RawData
 from darec.models.llm.llmemb import (
-    EmbedConfig, augment, contrastive_loss, embed_items, item_attributes, item_prompt, pca,
+    EmbedConfig, augment, embed_items, item_attributes, item_prompt, pca,
 )
 
 ATTRS = [("title", "Toy Story"), ("release year", "1995"), ("genre", "Animation, Comedy"), ("brand", "Pixar"), ("x", "y")]
@@ -35,16 +35,6 @@ def test_items_with_free_text_get_its_sentences() -> None:
     data = build_dataset(raw, "t")
     assert item_attributes(data, 1) == [("description", "Sanding roll 80 grit"), ("description", "Industrial & Scientific"),
                                         ("description", "PORTER-CABLE")]
-
-
-def test_contrastive_loss_on_a_hand_computed_case() -> None:
-    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    b = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
-    # cosine logits are the identity; each row: -log(e / (e + 1))
-    expected = math.log(1 + math.exp(-1))
-    assert contrastive_loss(a, b, torch.tensor(0.0)).item() == pytest.approx(expected, rel=1e-6)
-    # a higher inverse temperature sharpens: scale e^1 = e -> -log(e^e / (e^e + 1))
-    assert contrastive_loss(a, b, torch.tensor(1.0)).item() == pytest.approx(math.log(1 + math.exp(-math.e)), rel=1e-6)
 
 
 def test_pca_keeps_the_leading_directions() -> None:

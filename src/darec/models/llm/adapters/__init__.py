@@ -24,6 +24,7 @@ from torch import nn
 
 from darec.config import ConfigError
 from darec.models.llm.adapters import bottleneck, peft_methods, prefix  # noqa: F401  (they register themselves)
+from darec.models.base import trainable_parameters
 from darec.models.llm.adapters.base import ADAPTERS, LayerAnatomy, anatomy, parse_entry, register_adapter
 
 
@@ -65,12 +66,6 @@ def describe_plan(plan: list[str]) -> str:
         parts.append(f"{start}{'' if n == 1 else f'-{start + n - 1}'} {entry}")
         start += n
     return " | ".join(parts)
-
-
-def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 __all__ = ["ADAPTERS", "apply_plan", "describe_plan", "parse_plan", "trainable_parameters"]

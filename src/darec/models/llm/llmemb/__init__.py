@@ -2,7 +2,7 @@
 
 from darec.data.item_embeddings import EmbeddingFileError, load_item_embeddings, save_item_embeddings
 from darec.models.llm.llmemb.prompts import augment, item_attributes, item_prompt
-from darec.models.llm.llmemb.scft import EmbedConfig, contrastive_loss, embed_items, mean_pool, pca
+from darec.models.llm.llmemb.scft import EmbedConfig, embed_items, mean_pool, pca
 
-__all__ = ["EmbedConfig", "EmbeddingFileError", "augment", "contrastive_loss", "embed_items", "item_attributes", "item_prompt",
+__all__ = ["EmbedConfig", "EmbeddingFileError", "augment", "embed_items", "item_attributes", "item_prompt",
            "load_item_embeddings", "mean_pool", "pca", "save_item_embeddings"]

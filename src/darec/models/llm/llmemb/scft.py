@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from darec.config import option
 from darec.data.dataset import SequenceDataset
 from darec.device import adamw, resolve_device
+from darec.models.base import info_nce
 from darec.models.llm.backbone import Backbone, BackboneError, load_backbone
 from darec.models.llm.llmemb.prompts import augment, item_attributes, item_prompt
 
@@ -49,14 +50,6 @@ class EmbedConfig:
     lora_dropout: float = option(0.1, "LoRA dropout.", low=0, below=1)
     seed: int = option(42, "Seed for augmentation, batching and LoRA initialisation.")
     device: str = option("auto", "cpu, cuda or auto.")
-
-
-def contrastive_loss(a: Tensor, b: Tensor, log_scale: Tensor) -> Tensor:
-    """Symmetric in-batch InfoNCE between rows of ``a`` and ``b`` (row i of each is a pair),
-    cosine similarities times ``exp(log_scale)`` (a learnable inverse temperature)."""
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T * log_scale.exp()
-    labels = torch.arange(a.size(0), device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -141,7 +134,8 @@ def _fine_tune(encoder: PromptEncoder, prompts: list[list[tuple[str, str]]], con
                     continue  # a lone item has no negative
                 views = [[item_prompt(augment(prompts[i], rng, config.drop), config.domain, config.max_chars) for i in batch]
                          for _ in range(2)]
-                loss = contrastive_loss(encoder(views[0]), encoder(views[1]), log_scale)
+                # Learnable inverse temperature exp(log_scale), as in CLIP.
+                loss = info_nce(encoder(views[0]), encoder(views[1]), (-log_scale).exp())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
