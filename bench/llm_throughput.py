@@ -38,7 +38,7 @@ from darec.data import load_dataset
 from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
-from darec.device import adamw, apply_precision, autocast
+from darec.device import adamw, apply_compile, apply_precision, autocast
 
 RESULTS = HERE / "results" / "llm_throughput.json"
 SHAPE = HERE / "configs" / "smollm2-135m.json"
@@ -79,7 +79,7 @@ class ExecutionPath:
     precision: str  # fp32 or bf16 (autocast)
     hold: bool = True  # the frozen backbone held in bf16 (precision=bf16 in darec), else cast at every op
     lora_dropout: float = 0.05  # LoRA's dropout (lora:R's default); 0 draws no masks
-    compiled: bool = False  # torch.compile on each decoder layer (regional: one compilation serves every layer)
+    compiled: bool = False  # torch.compile on each decoder layer (train.compile; regional: one compilation serves all)
 
 
 PATHS = {
@@ -106,9 +106,7 @@ def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, d
         apply_precision(model, device, path.precision)
     else:
         model.precision = path.precision  # autocast over fp32 weights
-    if path.compiled:
-        for layer in model.llm.layers:
-            layer.compile()
+    apply_compile(model, device, "on" if path.compiled else "off")
     return model
 
 

@@ -48,3 +48,25 @@ def test_bf16_holds_the_backbone_in_bf16_and_the_rest_in_fp32() -> None:
     loss = model.train().loss(Batch(torch.tensor([[3, 4, 5, 6], [7, 8, 9, 0]]), torch.zeros(2, dtype=torch.long)))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_compile_is_regional_and_auto_skips_small_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from darec.device import apply_compile
+
+    model = _darec()
+    assert not apply_compile(model, CPU, "auto")  # a tiny backbone: compiling would cost more than it saves
+    assert not apply_compile(model, CPU, "off")
+    monkeypatch.setattr(device_module, "COMPILE_MIN_PARAMETERS", 0)
+    monkeypatch.setattr(device_module, "_compiler_works", lambda device: False)
+    assert not apply_compile(model, CPU, "auto")  # no working compiler: eager
+    sasrec = build_model(build_config(overrides=["model=sasrec"]).model, 30, 8)
+    assert not apply_compile(sasrec, CPU, "on")  # nothing to compile
+    items, lengths = torch.tensor([[3, 4, 5, 0], [7, 8, 0, 0]]), torch.tensor([3, 2])
+    with torch.no_grad():
+        eager = model.eval().score(items, lengths)
+    keys = set(model.state_dict())
+    assert apply_compile(model, CPU, "on")
+    assert all(layer._compiled_call_impl is not None for layer in model.compile_regions())
+    assert set(model.state_dict()) == keys  # in place: checkpoints keep their names
+    with torch.no_grad():
+        assert torch.allclose(model.score(items, lengths), eager, atol=1e-4)

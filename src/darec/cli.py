@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from darec.config import ConfigError, describe, from_dict, load_yaml
-from darec.io import WriteError
+from darec.errors import DarecError
+from darec.models import MODELS
 
 app = typer.Typer(help="LLM-based sequential recommendation: train, evaluate, recommend.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -24,9 +25,9 @@ app.add_typer(config_app, name="config")
 console = Console()
 err = Console(stderr=True, log_path=False)
 
-# What a user can cause and fix, reported in one line, never as a traceback (DamagedFile and
-# DataError are ValueErrors, BackboneError a ConfigError).
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, WriteError)
+# What a user can cause and fix, reported in one line: darec's own errors, and files that are
+# missing, already there or not permitted. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (DarecError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class _ConsoleHandler(logging.Handler):
@@ -103,7 +104,7 @@ def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[
 
 @app.command()
 def train(
-    model: Annotated[Optional[str], typer.Option(help="Model name (sasrec, gru4rec, bert4rec, pop, darec, e4srec; see `darec config show`).")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Model name: {', '.join(sorted(MODELS))} (their settings: `darec config show`).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Named data set, synthetic[-size], or a path.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
@@ -209,7 +210,7 @@ def evaluate(
 
     try:
         if protocol not in ("full", "sampled") or split not in ("valid", "test"):
-            raise ValueError("--protocol is full or sampled; --split is valid or test")
+            raise ConfigError("--protocol is full or sampled; --split is valid or test")
         loaded = load_run(run_dir)
         c = loaded.config
         dataset = load_run_dataset(run_dir, c)
@@ -363,11 +364,11 @@ def data_download(
 ) -> None:
     """Download a public data set (checksum verified, resumable) and convert it to atomic files."""
     from darec.data import download_root
-    from darec.data.download import DownloadError, download_dataset
+    from darec.data.download import download_dataset
 
     try:
         path = download_dataset(name, download_root(data_root), console=err)
-    except (DownloadError, *USER_ERRORS) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     console.print(f"ready: {path}  (use --dataset {name})")
 

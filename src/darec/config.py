@@ -19,10 +19,11 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from darec.errors import DarecError
 from darec.io import UniqueKeyLoader
 
 
-class ConfigError(ValueError):
+class ConfigError(DarecError, ValueError):
     """A configuration value or key is invalid."""
 
 

@@ -16,14 +16,16 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 
+from darec.errors import DarecError
+
 TMP_SUFFIX = ".tmp"
 
 
-class DamagedFile(ValueError):
+class DamagedFile(DarecError, ValueError):
     """A file darec wrote cannot be read back as it was written: truncated, corrupted or changed."""
 
 
-class WriteError(OSError):
+class WriteError(DarecError, OSError):
     """A file could not be written (a full disk, a read-only folder); what was there is unchanged."""
 
     def __str__(self) -> str:

@@ -25,13 +25,16 @@ def test_unknown_keys_are_rejected_with_a_suggestion() -> None:
 
 
 def test_retired_keys_load_when_they_mean_what_darec_does_now() -> None:
-    # A DARec run saved before the adapter zoo: LoRA alpha 16 = 2r and dropout 0.05 is what lora:8 does now.
+    # A DARec run saved before the adapter zoo: LoRA alpha 16 = 2r is what lora:8 does now; its dropout (0.05, or
+    # none) acts in training only, so the run still evaluates as it did.
     old = {"model": {"name": "darec", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}}
     assert build_config(old).model == build_config(model="darec").model
     with pytest.raises(ConfigError, match="model.lora_alpha: no longer a setting .*2 x the rank.*lora_alpha=32"):
         build_config({"model": {**old["model"], "lora_alpha": 32}})
     with pytest.raises(ConfigError, match="lora_alpha: no longer a setting"):
         build_config(overrides=["model=darec", "lora_r=4", "lora_alpha=16"])  # 2r is 8 here
+    with pytest.raises(ConfigError, match=r"lora_dropout: no longer a setting \(.*lora:8:dropout=0.05\)"):
+        build_config({"model": {**old["model"], "lora_dropout": 0.2}})
     with pytest.raises(ConfigError, match="unknown key 'lora_alpha'"):
         build_config({"model": {"name": "sasrec", "lora_alpha": 16}})  # retired from DARec only
 

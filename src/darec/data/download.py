@@ -28,10 +28,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from darec.data.formats import RawData
+from darec.errors import DarecError
 from darec.io import atomic_directory
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DarecError, RuntimeError):
     """A download failed or did not match its checksum."""
 
 

@@ -25,8 +25,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from darec.errors import DarecError
 
-class DataError(ValueError):
+
+class DataError(DarecError, ValueError):
     """Bad input data; the message names the file, the line and what was expected."""
 
     def __init__(self, path: str | Path, message: str, line: int | None = None):

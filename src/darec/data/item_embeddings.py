@@ -13,12 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from darec.data.dataset import SequenceDataset
+from darec.errors import DarecError
 from darec.io import atomic_write
 
 KEY = "item_embeddings"
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(DarecError, ValueError):
     """An item-embedding file that does not fit the data set."""
 
 

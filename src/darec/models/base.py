@@ -58,6 +58,10 @@ class SequentialRecommender(nn.Module):
         so checkpoints leave them out."""
         return set()
 
+    def compile_regions(self) -> list[nn.Module]:
+        """Repeated blocks worth compiling (an LLM's decoder layers; see :func:`darec.device.apply_compile`)."""
+        return []
+
     def describe(self) -> str:
         """One line on what the model is made of beyond its config (shown when training starts)."""
         return ""

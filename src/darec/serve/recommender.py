@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from darec.data.batching import pad_right
+from darec.errors import InputError, UnknownKey
 from darec.train.run import load_run
 
 
@@ -25,15 +26,15 @@ class Recommender:
     def internal(self, history: list[str]) -> np.ndarray:
         unknown = [h for h in history if h not in self.index]
         if unknown:
-            raise KeyError(f"unknown item id(s) {', '.join(map(repr, unknown[:5]))}: not in the catalogue of {self.run_dir}")
+            raise UnknownKey(f"unknown item id(s) {', '.join(map(repr, unknown[:5]))}: not in the catalogue of {self.run_dir}")
         if not history:
-            raise ValueError("the history is empty: give at least one item id")
+            raise InputError("the history is empty: give at least one item id")
         return np.array([self.index[h] for h in history], dtype=np.int64)
 
     @torch.no_grad()
     def top_k(self, history: list[str], k: int = 10, include_seen: bool = False) -> list[dict[str, Any]]:
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise InputError(f"k must be at least 1, got {k}")
         seq = self.internal(history)
         items, lengths = pad_right([seq], self.model.max_len)
         scores = self.model.score(torch.from_numpy(items).to(self.device), torch.from_numpy(lengths).to(self.device))[0].float().clone()
@@ -42,7 +43,7 @@ class Recommender:
             scores[torch.from_numpy(seq).to(self.device)] = float("-inf")
         left = int(torch.isfinite(scores).sum())
         if not left:
-            raise ValueError(f"nothing left to recommend: the history holds all {len(self.item_ids) - 1} items of the "
+            raise InputError(f"nothing left to recommend: the history holds all {len(self.item_ids) - 1} items of the "
                              "catalogue (include seen items to rank them anyway)")
         k = min(k, left)
         values, indices = scores.topk(k)

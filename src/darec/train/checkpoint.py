@@ -43,10 +43,10 @@ def load_model_state(model: torch.nn.Module, path: Path, device: str | torch.dev
     try:
         missing, unexpected = model.load_state_dict(load_tensors(path, device), strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"{path}: weights do not fit the model: {str(exc).splitlines()[-1].strip()}") from exc
+        raise DamagedFile(f"{path}: weights do not fit the model: {str(exc).splitlines()[-1].strip()}") from exc
     missing = set(missing) - _rebuilt_keys(model)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise DamagedFile(f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

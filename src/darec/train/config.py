@@ -50,6 +50,10 @@ class TrainConfig:
                 "the optimizer state, in fp32; or fp32. auto: bf16 on CUDA with bf16 support, and on CPUs with native "
                 "bf16 matrix units (AMX-BF16/AVX512-BF16, detected) for models with a pretrained backbone; else fp32. "
                 "Evaluation runs the model the same way and scores in fp32.")
+    compile: Literal["auto", "on", "off"] = option(
+        "auto", "torch.compile the model's repeated blocks (an LLM's decoder layers, one compilation for all). auto: "
+                "for pretrained backbones of 10M+ parameters where compiling works (~20 s once; DARec trains 1.3x "
+                "faster on a CPU); on; off.")
     eval_batch_size: int = option(512, "Users per evaluation batch.", low=1)
     valid_users: int = option(0, "Validate during training on a fixed random sample of this many users (0 = all): "
                                  "cheaper validation on large data sets, a noisier early-stopping signal. The "

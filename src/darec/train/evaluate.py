@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from darec.data.batching import pad_right, trim
+from darec.errors import DarecError, InputError
 from darec.models import SequentialRecommender
 from darec.train.metrics import KS, rank_metrics, target_ranks
 
 Protocol = Literal["full", "sampled"]
 
 
-class NonFiniteScores(ValueError):
+class NonFiniteScores(DarecError, ValueError):
     """A model scored items NaN or +infinite: it has diverged, and its metrics mean nothing."""
 
 
@@ -26,7 +27,7 @@ def sample_negatives(histories: Sequence[np.ndarray], targets: np.ndarray, n_ite
     for row, (history, target) in enumerate(zip(histories, targets)):
         seen = set(history.tolist()) | {int(target)}
         if n_items - len(seen) < n:
-            raise ValueError(f"cannot sample {n} negatives: only {n_items - len(seen)} unseen items for user {row}")
+            raise InputError(f"cannot sample {n} negatives: only {n_items - len(seen)} unseen items for user {row}")
         picked: list[int] = []
         while len(picked) < n:
             draw = rng.integers(1, n_items + 1, size=2 * n)

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from darec.data.dataset import SequenceDataset
+from darec.errors import InputError
 
 
 def head_items(dataset: SequenceDataset, head_share: float = 0.2) -> np.ndarray:
     """Boolean mask over internal item ids (index 0 = padding, never head)."""
     if not 0 < head_share < 1:
-        raise ValueError(f"head_share must be between 0 and 1, got {head_share}")
+        raise InputError(f"head_share must be between 0 and 1, got {head_share}")
     popularity = dataset.item_popularity()
     n_head = max(1, round(head_share * dataset.n_items))
     threshold = np.sort(popularity[1:])[::-1][n_head - 1]

@@ -34,6 +34,7 @@ from typing import Any
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
 from darec.device import apply_precision, resolve_device
+from darec.errors import InputError
 from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.models.base import Companions
@@ -178,7 +179,7 @@ def check_same_data(run_dir: Path, dataset: SequenceDataset, state: dict[str, An
     """Refuse a data set whose users or items differ from those the run was trained on."""
     saved = RunDir(run_dir).read_id_map(state)
     if saved["items"] != dataset.item_ids or saved["users"] != dataset.user_ids:
-        raise ValueError(f"{run_dir}: the data set no longer matches the one this run was trained on")
+        raise InputError(f"{run_dir}: the data set no longer matches the one this run was trained on")
 
 
 def load_run_dataset(run_dir: Path, config: RunConfig) -> SequenceDataset:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from darec.errors import InputError, UnknownKey
 from darec.train.checkpoint import load_tensors, save_tensors
 from darec.io import DamagedFile
 from darec.train.run import RunDir, load_run, load_run_dataset, read_config
@@ -50,7 +51,7 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     weights: for test, saved by the run when it finished; else computed (and saved, if the run
     has finished, so each split of a run is evaluated once)."""
     if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     path = Path(run_dir) / PER_USER.format(split=split)
     finished = RunDir(run_dir).finished()
     if path.exists() and finished:  # valid only for the final weights
@@ -87,7 +88,7 @@ def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int
     ids = RunDir(first).read_id_map()
     for other in [*runs_a[1:], *runs_b]:  # before any evaluation: a mismatch needs none
         if RunDir(other).read_id_map() != ids:
-            raise ValueError(f"{first} and {other} were trained on different data (their id maps differ): nothing to pair")
+            raise InputError(f"{first} and {other} were trained on different data (their id maps differ): nothing to pair")
     a, b = _mean_metric(runs_a, metric, split), _mean_metric(runs_b, metric, split)
     if group is not None:
         from darec.train.groups import user_groups
@@ -95,7 +96,7 @@ def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int
         data = load_run_dataset(first, read_config(first))
         groups = user_groups(data, *data.split(split), head_share=head_share)
         if group not in groups:
-            raise KeyError(f"no group {group!r}; the groups are {', '.join(groups)}")
+            raise UnknownKey(f"no group {group!r}; the groups are {', '.join(groups)}")
         a, b = a[groups[group]], b[groups[group]]
     return {**paired_comparison(a, b, samples), "runs_a": len(runs_a), "runs_b": len(runs_b)}
 
@@ -103,7 +104,7 @@ def compare_runs(run_a: Runs, run_b: Runs, metric: str = "ndcg@10", samples: int
 def _runs(runs: Runs) -> list[Path]:
     runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
     if not runs:
-        raise ValueError("a comparison needs at least one run on each side")
+        raise InputError("a comparison needs at least one run on each side")
     return runs
 
 
@@ -112,6 +113,6 @@ def _mean_metric(runs: list[Path], metric: str, split: str) -> np.ndarray:
     for run in runs:
         metrics = per_user_metrics(run, split)
         if metric not in metrics:
-            raise KeyError(f"no metric {metric!r}; the runs have {', '.join(sorted(metrics))}")
+            raise UnknownKey(f"no metric {metric!r}; the runs have {', '.join(sorted(metrics))}")
         values.append(metrics[metric].astype(np.float64))
     return np.mean(values, axis=0)

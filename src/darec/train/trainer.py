@@ -29,13 +29,13 @@ from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
 from darec.train.significance import save_per_user
-from darec.device import adamw, apply_precision, autocast, resolve_device
+from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
 from darec.train.run import BEST, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
 
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
 BUDGET_KEYS = ("epochs", "patience", "max_minutes")
-RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "eval_batch_size")
+RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "compile", "eval_batch_size")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -120,7 +120,7 @@ class Trainer:
                 check_writable(self.run_dir)
                 config, extended = self._resumed_config(list(overrides), resume_state)
         elif config is None:
-            raise ValueError("a config is needed for a new run")
+            raise ConfigError("a config is needed for a new run")
         elif self.run.state.exists():
             raise FileExistsError(f"{self.run_dir} already holds a run: resume it with --resume or pick another directory")
         else:
@@ -144,6 +144,8 @@ class Trainer:
             self.console.log("precision auto: bf16 (this CPU multiplies bf16 natively; the frozen backbone is held in bf16, "
                              "the trained parts in fp32; precision=fp32 to turn it off)")
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
+        if apply_compile(self.model, self.device, t.compile):
+            self.console.log("compiling the decoder layers (once, in the first steps)")
         params = [p for p in self.model.parameters() if p.requires_grad]
         trainable, total = trainable_parameters(self.model)
         self.console.log(f"{config.model.name}: {trainable:,} trainable parameters of {total:,}"

@@ -121,7 +121,7 @@ def test_plan_entries_set_other_fields_of_the_method_by_name() -> None:
     with pytest.raises(ConfigError, match="is not key=value"):
         parse_entry("lora:8:4")
     model = _llama(2)
-    apply_plan(model, ["lora:4:dropout=0", "lora:4"])  # two settings side by side
+    apply_plan(model, ["lora:4", "lora:4:dropout=0.1"])  # two settings side by side (no dropout by default)
     dropouts = [m for n, m in model.named_modules() if n.endswith("q_proj.lora_dropout")]
     assert [type(next(iter(d.values()))).__name__ for d in dropouts] == ["Identity", "Dropout"]
 

@@ -123,9 +123,12 @@ def test_a_pretrained_sasrec_is_kept_in_the_loop(tmp_path: Path) -> None:
     assert trainer.model.training and not trainer.model.cf.training  # no dropout in a fixed teacher
     trainer.fit()
     assert all(torch.equal(trainer.model.cf.state_dict()[k].cpu(), v) for k, v in cf.items())  # frozen: unchanged
-    with pytest.raises(ConfigError, match="cf_run"):
+    with pytest.raises(ConfigError, match=r"cf_run: .* \(hidden_size=64, n_layers=2, max_len=10\)"):  # the shape it has
         Trainer(build_config(overrides=["model=darec", *TINY, *base, f"cf_run={tmp_path / 'cf'}"]), tmp_path / "bad",
                 progress=False)
+    with pytest.raises(ConfigError, match=r"n_layers=3"):
+        Trainer(build_config(overrides=["model=darec", *TINY, *base, "cf_hidden=32", "cf_layers=3", f"cf_run={tmp_path / 'cf'}"]),
+                tmp_path / "bad3", progress=False)
     # The finished run carries the SASRec it started from: it loads and scores with that run gone.
     shutil.rmtree(tmp_path / "cf")
     loaded = load_run(tmp_path / "darec", device="cpu")

@@ -34,22 +34,24 @@ from darec.device import autocast
 from darec.models.base import (Companions, ModelConfig, SequentialRecommender, catalogue_scores, companion, info_nce, last_state,
                                next_item_loss)
 from darec.models.llm.adapters import apply_plan, describe_plan
-from darec.models.llm.backbone import load_backbone
+from darec.models.llm.backbone import decoder_layers, load_backbone
 from darec.models.llm.masking import item_attention_mask
 from darec.models.registry import register
 from darec.models.sasrec import SASRec, SASRecConfig
 
-CF_HEADS = 2  # attention heads of the collaborative SASRec (its other sizes are SASRec's defaults)
+CF_HEADS = 2  # attention heads of the collaborative SASRec (its inner size is SASRec's default)
 
 
 @dataclass
 class DARecConfig(ModelConfig):
-    # Before the adapter zoo, LoRA had its own alpha and dropout (defaults 16 = 2r and 0.05,
-    # what lora:R does now); runs saved with those still load.
+    # Before the adapter zoo, LoRA had its own alpha and dropout (defaults 16 = 2r and 0.05); runs
+    # saved with those still load. Dropout acts in training only, so they evaluate as they did; a
+    # resumed one trains on without it (lora:R's dropout is 0 now: bench/results/lora_dropout.md).
     RETIRED: ClassVar[dict[str, Retired]] = {
         "lora_alpha": Retired("LoRA alpha is 2 x the rank of each lora:R plan entry",
                               lambda value, section: value == 2 * section.get("lora_r", 8)),
-        "lora_dropout": Retired("LoRA dropout is 0.05 in every lora:R plan entry", lambda value, section: value == 0.05),
+        "lora_dropout": Retired("LoRA dropout is a setting of each lora:R plan entry, e.g. lora:8:dropout=0.05",
+                                lambda value, section: value in (0.0, 0.05)),
     }
 
     name: str = option("darec", "Model name.")
@@ -62,6 +64,8 @@ class DARecConfig(ModelConfig):
     lambda_sem: float = option(0.1, "Weight of the semantic-alignment loss (mask=semantic only).", low=0)
     lambda_cf: float = option(0.1, "Weight of the InfoNCE alignment with the SASRec user state (0 = injection off).", low=0)
     cf_hidden: int = option(64, "Hidden size of the collaborative SASRec.", low=1)
+    cf_layers: int = option(2, "Transformer blocks of the collaborative SASRec.", low=1)
+    cf_dropout: float = option(0.2, "Dropout of the collaborative SASRec (hidden states and attention).", low=0, below=1)
     cf_run: str = option("", "A trained SASRec run directory to start the collaborative model from (empty = train it jointly from scratch).")
     cf_freeze: bool = option(False, "Keep the collaborative SASRec fixed (with cf_run: pre-trained, then kept in the loop as is).")
     temperature: float = option(0.1, "InfoNCE temperature.", above=0)
@@ -112,7 +116,8 @@ class DARec(SequentialRecommender):
         self.semantic = c.mask == "semantic"
         self.register_buffer("item_text", torch.zeros(n_items + 1, max(1, c.item_tokens), dtype=torch.long))
         self.register_buffer("item_text_len", torch.zeros(n_items + 1, dtype=torch.long))
-        self.cf = SASRec(SASRecConfig(hidden_size=c.cf_hidden, n_heads=CF_HEADS, dropout=0.2, attn_dropout=0.2), n_items, max_len)
+        self.cf = SASRec(SASRecConfig(hidden_size=c.cf_hidden, n_heads=CF_HEADS, n_layers=c.cf_layers, dropout=c.cf_dropout,
+                                      attn_dropout=c.cf_dropout), n_items, max_len)
         self.id_proj = nn.Linear(c.cf_hidden, hidden) if c.item_input != "text" else None
         # Learned input embeddings of the special tokens, at the scale of the backbone's own.
         scale = float(backbone.embeddings.weight.std())
@@ -126,6 +131,9 @@ class DARec(SequentialRecommender):
         if self.config.cf_freeze:
             self.cf.eval()  # a fixed teacher: its user states carry no dropout noise
         return self
+
+    def compile_regions(self) -> list[nn.Module]:
+        return list(decoder_layers(self.llm))
 
     def describe(self) -> str:
         return f"adapter plan by layer: {describe_plan(self.plan)}"
@@ -149,8 +157,9 @@ class DARec(SequentialRecommender):
             try:
                 self.cf.load_state_dict(companion(companions, "cf_run").state_dict())
             except RuntimeError as exc:
+                cf = self.cf.config
                 raise ConfigError(f"model.cf_run: {self.config.cf_run} does not fit this model's collaborative SASRec "
-                                  f"(cf_hidden={self.config.cf_hidden}, max_len={self.max_len}, 2 layers): {exc}") from exc
+                                  f"(hidden_size={cf.hidden_size}, n_layers={cf.n_layers}, max_len={self.max_len}): {exc}") from exc
         if self.config.cf_freeze:
             self.cf.requires_grad_(False)
 

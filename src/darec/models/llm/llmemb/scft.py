@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from darec.config import option
 from darec.data.dataset import SequenceDataset
 from darec.device import adamw, resolve_device
+from darec.errors import InputError
 from darec.models.base import info_nce
 from darec.models.llm.backbone import Backbone, BackboneError, load_backbone
 from darec.models.llm.llmemb.prompts import augment, item_attributes, item_prompt
@@ -159,7 +160,7 @@ def pca(table: Tensor, dim: int) -> Tensor:
     """Rows 1.. projected on their first ``dim`` principal components (row 0 stays zero)."""
     x = table[1:].double()
     if not 0 < dim <= min(x.shape):
-        raise ValueError(f"PCA dimension must be between 1 and {min(x.shape)}, got {dim}")
+        raise InputError(f"PCA dimension must be between 1 and {min(x.shape)}, got {dim}")
     centered = x - x.mean(0)
     _, _, v = torch.linalg.svd(centered, full_matrices=False)
     reduced = (centered @ v[:dim].T).float()
@@ -173,7 +174,7 @@ def embed_items(dataset: SequenceDataset, config: EmbedConfig, console: Console 
     console = console or Console(stderr=True, log_path=False)
     attributes = [[]] + [item_attributes(dataset, i) for i in range(1, dataset.n_items + 1)]
     if not any(attributes[1:]):
-        raise ValueError(f"{dataset.name}: no item has text or attributes to embed")
+        raise InputError(f"{dataset.name}: no item has text or attributes to embed")
     torch.manual_seed(config.seed)
     encoder = _encoder(config).to(resolve_device(config.device))
     summary: dict = {"method": config.method, "backbone": "all-MiniLM-L6-v2" if config.method == "minilm" else config.backbone}
