@@ -75,9 +75,31 @@ def test_config_show_and_data_commands(tmp_path: Path) -> None:
 
 def test_quickstart_trains_on_ml100k_when_present(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
     monkeypatch.setenv("DAREC_DATA", str(shared_data))
-    result = runner.invoke(app, ["quickstart", "--epochs", "1", "--run-dir", str(tmp_path / "q")])
+    result = runner.invoke(app, ["quickstart", "--epochs", "1", "--run-dir", str(tmp_path / "q"), "--no-llm", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "sasrec on ml-100k" in result.output and (tmp_path / "q" / "results.json").exists()
+    assert "sasrec on ml-100k" in result.output and (tmp_path / "q" / "sasrec" / "results.json").exists()
+    assert "DARec not trained: --no-llm" in result.output
+
+
+def test_quickstart_trains_a_darec_on_its_sasrec_and_prints_both(tmp_path: Path, monkeypatch) -> None:
+    import darec.device
+
+    monkeypatch.setattr(darec.device, "fast_cpu_bf16", lambda: True)  # the fast path, whatever this CPU
+    args = ["quickstart", "--dataset", "synthetic-tiny", "--epochs", "2", "--backbone", "tiny", "--run-dir", str(tmp_path / "q"),
+            "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    darec_config = (tmp_path / "q" / "darec" / "config.yaml").read_text()
+    assert f"cf_run: {tmp_path / 'q' / 'sasrec'}" in darec_config and "keep_layers: 2" in darec_config
+    table = result.output[result.output.index("test split, full ranking"):]
+    for name in ("sasrec", "darec"):
+        test = next(r for r in json.loads((tmp_path / "q" / name / "results.json").read_text())
+                    if r["split"] == "test" and r["protocol"] == "full")
+        assert f"{test['ndcg@10']:.4f}" in table.split(name, 1)[1].splitlines()[0]  # each row shows its own run
+    monkeypatch.setattr(darec.device, "fast_cpu_bf16", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = runner.invoke(app, [*args[:-3], "--run-dir", str(tmp_path / "slow"), "--no-progress"])
+    assert result.exit_code == 0 and "DARec not trained: no GPU, and this CPU has no native bf16" in result.output
 
 
 def test_sampled_protocol_from_the_command_line(tmp_path: Path) -> None:

@@ -73,8 +73,8 @@ def _default_run_dir(dataset: str, model: str) -> Path:
 
 
 def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[str], overrides: list[str],
-           run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> None:
-    """Train (or resume), then print the metrics table and where the run is."""
+           run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> list[dict]:
+    """Train (or resume), then print the metrics table and where the run is; returns the result rows."""
     from darec.train import Trainer, build_config
 
     try:
@@ -100,6 +100,7 @@ def _train(config_path: Optional[Path], model: Optional[str], dataset: Optional[
         _fail(exc)
     console.print(_metrics_table(rows, f"{trainer.config.model.name} on {stats['dataset']} (leave-one-out)"))
     console.print(f"run directory: [bold]{run_dir}[/]  (try `darec recommend {run_dir} --history ID,ID,...`)")
+    return rows
 
 
 @app.command()
@@ -180,18 +181,64 @@ def search(
                   f"pictures: {out / 'progress.png'}, {out / 'plans.png'}")
 
 
+# The quickstart's DARec: 2 SmolLM2 layers, 4 title tokens a span, each user's latest window, scored
+# against the SASRec's item embeddings and started from that SASRec (the `pretrained-cf` setting of
+# bench/darec_accuracy.py, the best on validation at the small CPU budget): minutes on a CPU.
+QUICK_DAREC = ["keep_layers=2", "item_tokens=4", "windows_per_user=1", "window_overlap=0", "batch_size=8", "lr=1e-3",
+               "epochs=3", "patience=1", "head=items"]
+
+
 @app.command()
 def quickstart(
-    epochs: Annotated[int, typer.Option(help="Epoch budget.")] = 30,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written.")] = None,
+    epochs: Annotated[int, typer.Option(help="SASRec's epoch budget.")] = 30,
+    dataset: Annotated[Optional[str], typer.Option(help="Data set (default: ml-100k where it is found, else synthetic).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Where the runs are written (sasrec/ and darec/ inside).")] = None,
+    llm: Annotated[bool, typer.Option(help="Also train a small DARec on the SASRec (needs the SmolLM2 weights package).")] = True,
+    backbone: Annotated[str, typer.Option(help="The DARec's backbone.", hidden=True)] = "smollm2",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train and evaluate SASRec on ml-100k when the data is there, else on synthetic data."""
+    """Train and evaluate SASRec, then a small DARec built on it, on ml-100k when the data is
+    there (else on synthetic data), and print them side by side."""
     from darec.data import data_roots
 
-    dataset = "ml-100k" if any((root / "ml-100k").is_dir() for root in data_roots()) else "synthetic"
-    if dataset == "synthetic":
-        err.log("ml-100k not found (see `darec data download ml-100k`); using the built-in synthetic data set")
-    _train(None, "sasrec", dataset, [f"epochs={epochs}", "patience=5"], run_dir, None, True)
+    if dataset is None:
+        dataset = "ml-100k" if any((root / "ml-100k").is_dir() for root in data_roots()) else "synthetic"
+        if dataset == "synthetic":
+            err.log("ml-100k not found (see `darec data download ml-100k`); using the built-in synthetic data set")
+    base = run_dir or _default_run_dir(dataset, "quickstart")
+    results = {"sasrec": _train(None, "sasrec", dataset, [f"epochs={epochs}", "patience=5"], base / "sasrec", None, progress)}
+    skipped = _no_quick_darec(backbone) if llm else "--no-llm"
+    if skipped:
+        err.log(f"DARec not trained: {skipped}")
+        return
+    overrides = [*QUICK_DAREC, f"backbone={backbone}", f"cf_run={base / 'sasrec'}"]
+    results["darec"] = _train(None, "darec", dataset, overrides, base / "darec", None, progress)
+    table = Table(title=f"test split, full ranking, {dataset}")
+    for column in ("model", "hit@10", "ndcg@10", "mrr@10"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, rows in results.items():
+        test = next(r for r in rows if r["split"] == "test" and r["protocol"] == "full")
+        table.add_row(name, *(f"{test[k]:.4f}" for k in ("hit@10", "ndcg@10", "mrr@10")))
+    console.print(table)
+    console.print("DARec here is small (2 of 30 layers): bench/results/darec_accuracy.md has it at full depth.")
+
+
+def _no_quick_darec(backbone: str) -> str:
+    """Why the quickstart's DARec would not run here in minutes ('' when it would)."""
+    import torch
+
+    from darec.device import fast_cpu_bf16
+    from darec.models.llm.backbone import BackboneError, smollm2_gguf
+
+    if backbone == "smollm2":
+        try:
+            smollm2_gguf()
+        except BackboneError as exc:
+            return f"{exc} (the README's second command installs it)"
+    if not (torch.cuda.is_available() or fast_cpu_bf16()):
+        return ("no GPU, and this CPU has no native bf16 (AMX/AVX512-BF16): it would take long here; "
+                "`darec train --model darec` runs it anyway")
+    return ""
 
 
 @app.command()
