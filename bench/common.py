@@ -21,7 +21,7 @@ from darec.io import atomic_write_json, atomic_write_text
 from darec.config import parse_override
 from darec.train import Trainer, build_config
 from darec.train.config import config_keys
-from darec.train.run import load_run
+from darec.train.run import RunDir, load_run
 from darec.train.significance import compare_runs
 from darec.train.trainer import RESUME_KEYS, result_rows, seconds_per_epoch
 
@@ -109,7 +109,7 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
     runs (seeds): each user's NDCG@10 is then averaged over them. Left out, saying so, while
     a reference has not finished."""
     references = [reference] if isinstance(reference, Path) else reference
-    if unfinished := [r.name for r in references if not (r / "results.json").exists()]:
+    if unfinished := [r.name for r in references if not RunDir(r).results.exists()]:
         print(f"{Path(run_dir).name if isinstance(run_dir, Path) else run_dir[0].name}: not compared with "
               f"{', '.join(unfinished)}, which has not finished", flush=True)
         return rows
@@ -124,7 +124,7 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
 def finished_seeds(*runs: Path) -> list[int]:
     """The seeds N under which every one of ``runs`` was trained again and finished (``RUN@seedN``)."""
     found = [{int(seed) for p in run.parent.glob(f"{run.name}@seed*")
-              if (seed := p.name.rsplit("@seed", 1)[1]).isdigit() and (p / "results.json").exists()} for run in runs]
+              if (seed := p.name.rsplit("@seed", 1)[1]).isdigit() and RunDir(p).results.exists()} for run in runs]
     return sorted(set.intersection(*found)) if found else []
 
 
@@ -152,7 +152,7 @@ def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iter
 def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False) -> list[Row]:
     """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its
     result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch."""
-    if (run_dir / "trainer_state.json").exists():
+    if RunDir(run_dir).state.exists():
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
         trainer = Trainer(None, run_dir, resume=True, progress=False, overrides=budget)
@@ -161,7 +161,7 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     # fit() ends by evaluating the best weights (at once for a finished run); evaluate_only
     # reports an unfinished run as it stands.
     rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model, run_dir=run_dir) if evaluate_only else trainer.fit()
-    state = json.loads((run_dir / "trainer_state.json").read_text())
+    state = RunDir(run_dir).read_state()
     out = []
     for r in rows:
         row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],

@@ -52,6 +52,7 @@ from pathlib import Path
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, for_model, machine, markdown_table,
                     save_rows, train_rows, versions, versus, versus_cell, with_seeds)
 from darec.train import build_config
+from darec.train.run import RunDir
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
 BUDGETS = {
@@ -163,7 +164,7 @@ def pool_seeds(args: argparse.Namespace) -> None:
     written, rows = json.loads(args.results.read_text()), []
     for variant in VARIANTS:
         mine = [r for r in written if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{tagged(variant, args.pool_tag)}"]
-        if variant.startswith("sasrec") or not mine or not (run(variant) / "results.json").exists():
+        if variant.startswith("sasrec") or not mine or not RunDir(run(variant)).results.exists():
             continue
         pairs = [("sasrec-same-data", "sasrec", "test"), *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
         for reference, name, split in pairs:
@@ -216,7 +217,7 @@ def main() -> None:
         run_dir = run_dir_for(args.workdir, args.dataset, variant, args.budget, args.tag)
         if args.compare_only:
             rows = [r for r in written if r["dataset"] == args.dataset and r["variant"] == base["variant"]]
-            if not rows or not (run_dir / "results.json").exists():
+            if not rows or not RunDir(run_dir).results.exists():
                 continue
         else:
             rows = train_rows(run_dir, overrides, base, args.evaluate_only)

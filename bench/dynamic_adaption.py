@@ -28,8 +28,10 @@ from darec_accuracy import BUDGETS
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
+from darec.search.study import STUDY
 from darec.search.space import DEFAULT_CHOICES
 from darec.train import Trainer, build_config
+from darec.train.run import RunDir
 
 RESULTS = HERE / "results" / "dynamic_adaption.json"
 PLANS = ["searched", "uniform-lora", "uniform-houlsby"]
@@ -37,7 +39,7 @@ PLANS = ["searched", "uniform-lora", "uniform-houlsby"]
 
 def trainable(overrides: list[str], run_dir: Path) -> int:
     """Trainable parameters of a finished run's model."""
-    trainer = Trainer(None, run_dir, resume=True, progress=False) if (run_dir / "trainer_state.json").exists() else None
+    trainer = Trainer(None, run_dir, resume=True, progress=False) if RunDir(run_dir).state.exists() else None
     model = trainer.model if trainer else Trainer(build_config(overrides=overrides), run_dir, progress=False).model
     return trainable_parameters(model)[0]
 
@@ -109,7 +111,7 @@ def main() -> None:
     elif "searched" in args.plans:
         # Seconds of earlier invocations of this search (it resumes), so the row has its whole wall time.
         start = time.perf_counter() - (yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0)
-        if (search_dir / "study.db").exists():
+        if (search_dir / STUDY).exists():
             runner = Search.resume(search_dir)
             runner.config.minutes = args.search_minutes
             summary = runner.run(resume=True)
@@ -146,7 +148,7 @@ def main() -> None:
         save_rows(args.results, rows, markdown)
         print(f"{args.dataset} {name}: done", flush=True)
     # Once both are trained (perhaps by two processes): the searched plan against uniform LoRA, user by user.
-    if (work / (searched + seeded) / "results.json").exists() and args.results.exists():
+    if RunDir(work / (searched + seeded)).results.exists() and args.results.exists():
         rows = [r for r in json.loads(args.results.read_text())
                 if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}{seeded}"]
         save_rows(args.results, versus(rows, work / (searched + seeded), work / f"uniform-lora{seeded}", "uniform_lora"), markdown)
@@ -158,7 +160,7 @@ def pool_seeds(args: argparse.Namespace, work: Path, searched: str) -> None:
     LoRA with each user's NDCG@10 averaged over the seeds of each (``darec compare A1,A2 B1,B2``),
     on the first seed's row."""
     seeds = finished_seeds(work / searched, work / "uniform-lora")
-    if not seeds or not (work / searched / "results.json").exists() or not args.results.exists():
+    if not seeds or not RunDir(work / searched).results.exists() or not args.results.exists():
         return
     rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}"]
     rows = versus(rows, with_seeds(work / searched, seeds), with_seeds(work / "uniform-lora", seeds), "uniform_lora_seeds")

@@ -31,7 +31,7 @@ from darec.data import load_dataset
 from darec.models.llm.llmemb import EmbedConfig, embed_items, save_item_embeddings
 from darec.train.config import TrainConfig
 from darec.train.groups import group_means, user_groups
-from darec.train.run import load_run_dataset, read_config
+from darec.train.run import RunDir, load_run_dataset, read_config
 from darec.train.significance import per_user_metrics
 
 RESULTS = HERE / "results" / "llmemb.json"
@@ -132,7 +132,7 @@ def main() -> None:
             run_dir = work / f"{model}-{source}"
             overrides = [f"model={model}", *common]
             if source != "id":
-                if not (align / "model.safetensors").exists():
+                if not RunDir(align).best.exists():
                     train_rows(align, ["model=sasrec", *common], {})
                 overrides += [f"item_embeddings={embedding_file(args.dataset, source, args.budget, work, args.threads, args.embed_dim)}",
                               f"align_run={align}"]

@@ -437,7 +437,3 @@ def config_show(model: Annotated[str, typer.Argument(help="Model name.")] = "sas
         for name, kind, default, help_text in describe(cls):
             table.add_row(f"{section}.{name}", kind, repr(default) if section != "model" or name != "name" else model, help_text)
         console.print(table)
-
-
-def main() -> None:  # pragma: no cover
-    app()

@@ -11,7 +11,8 @@ from darec.cli import app
 from darec.train import Trainer, build_config
 from darec.train.groups import user_groups
 from darec.train.run import load_run_dataset, read_config
-from darec.train.significance import PER_USER, compare_runs, paired_comparison, per_user_metrics
+from darec.train.run import RunDir
+from darec.train.significance import compare_runs, paired_comparison, per_user_metrics
 
 
 def test_paired_comparison_of_equal_better_and_mismatched_users() -> None:
@@ -38,7 +39,7 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     saved = per_user_metrics(tmp_path / "a")
     test = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())
                 if r["split"] == "test" and r["protocol"] == "full" and not r["exclude_history"])
-    test_file = tmp_path / "a" / PER_USER.format(split="test")
+    test_file = RunDir(tmp_path / "a").per_user("test")
     assert test_file.exists() and float(saved["ndcg@10"].mean()) == pytest.approx(test["ndcg@10"])
     test_file.unlink()  # a run from before: computed from its weights instead, and kept
     assert np.allclose(per_user_metrics(tmp_path / "a")["ndcg@10"], saved["ndcg@10"], atol=1e-6)
@@ -69,7 +70,7 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
                  if r["split"] == "valid" and r["protocol"] == "full" and not r["exclude_history"])
     on_valid = compare_runs(tmp_path / "a", tmp_path / "b", samples=500, split="valid")
     assert on_valid["mean_a"] == pytest.approx(valid["ndcg@10"], abs=1e-6) and on_valid["mean_a"] != result["mean_a"]
-    assert (tmp_path / "a" / PER_USER.format(split="valid")).exists()
+    assert RunDir(tmp_path / "a").per_user("valid").exists()
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "valid", "--samples", "500"])
     assert out.exit_code == 0 and "valid ndcg@10" in out.output and f"{on_valid['mean_a']:.4f}" in out.output, out.output
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "train"])

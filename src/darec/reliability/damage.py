@@ -37,6 +37,7 @@ from typer.testing import CliRunner
 
 from darec.reliability.fuzz import flip_bits
 from darec.reliability.kill import train_summary
+from darec.train.run import BEST, OPTIMIZER, STATE, RunDir
 
 FAST = ["--set", "max_len=20", "--set", "hidden_size=16", "--set", "inner_size=32", "--set", "epochs=3",
         "--set", "patience=0", "--set", "deterministic=true", "--no-progress"]
@@ -48,17 +49,17 @@ DAMAGES: dict[str, Callable[[bytes, random.Random], bytes | None]] = {
     "empty": lambda data, rng: b"",
     "delete": lambda data, rng: None,
 }
-# The files of a run directory a command may read: name in rows -> the paths damaged (the same way).
+# The files of a run directory a command may read: label in rows (the file's name) -> the paths damaged (the same way).
 FILES: dict[str, Callable[[Path], list[Path]]] = {
-    "model.safetensors": lambda run: [run / "model.safetensors"],
+    "model.safetensors": lambda run: [RunDir(run).best],
     # the best weights and the checkpoint's copy of them, both: nothing intact is left to fall back to
-    "model.safetensors+copy": lambda run: [run / "model.safetensors", _newest_checkpoint(run) / "model.safetensors"],
-    "checkpoint": lambda run: [_newest_checkpoint(run) / "model.safetensors"],
-    "checkpoint-state": lambda run: [_newest_checkpoint(run) / "trainer_state.json"],
-    "optimizer": lambda run: [_newest_checkpoint(run) / "optimizer.safetensors"],
-    "trainer_state.json": lambda run: [run / "trainer_state.json"],
-    "config.yaml": lambda run: [run / "config.yaml"],
-    "id_map.json": lambda run: [run / "id_map.json"],
+    "model.safetensors+copy": lambda run: [RunDir(run).best, _newest_checkpoint(run) / BEST],
+    "checkpoint": lambda run: [_newest_checkpoint(run) / BEST],
+    "checkpoint-state": lambda run: [_newest_checkpoint(run) / STATE],
+    "optimizer": lambda run: [_newest_checkpoint(run) / OPTIMIZER],
+    "trainer_state.json": lambda run: [RunDir(run).state],
+    "config.yaml": lambda run: [RunDir(run).config],
+    "id_map.json": lambda run: [RunDir(run).id_map],
 }
 # Which files each command reads (a damaged file it does not read must leave its answer unchanged).
 READS = {
@@ -99,7 +100,7 @@ def _answer(command: str, run: Path, other: Path, history: str) -> tuple[list[st
                 lambda out: json.JSONDecoder().raw_decode(out[out.index("["):])[0])
     if command == "compare":
         return ["compare", str(other), str(run)], lambda out: [line for line in out.splitlines() if "│" in line]
-    return ["train", "--resume", str(run), "--no-progress"], lambda out: json.loads((run / "results.json").read_text())
+    return ["train", "--resume", str(run), "--no-progress"], lambda out: json.loads(RunDir(run).results.read_text())
 
 
 def make_runs(workdir: Path) -> tuple[Path, Path]:
@@ -107,7 +108,7 @@ def make_runs(workdir: Path) -> tuple[Path, Path]:
     runs = []
     for name, lr in (("pristine", 1e-3), ("other", 5e-3)):
         run = workdir / name
-        if not (run / "results.json").exists():
+        if not RunDir(run).results.exists():
             shutil.rmtree(run, ignore_errors=True)
             code, out, error = _invoke([*TRAIN, "--set", f"lr={lr}", "--run-dir", str(run)])
             if code != 0:
@@ -118,7 +119,7 @@ def make_runs(workdir: Path) -> tuple[Path, Path]:
 
 def damage_cases(workdir: Path, seeds: range, commands: tuple[str, ...] = tuple(READS)) -> list[DamageCase]:
     pristine, other = make_runs(workdir)
-    history = ",".join(json.loads((pristine / "id_map.json").read_text())["items"][1:4])
+    history = ",".join(json.loads(RunDir(pristine).id_map.read_text())["items"][1:4])
     expected = {}
     for command in commands:
         copy = workdir / "copy"
@@ -202,7 +203,7 @@ def disk_full(workdir: Path, seed: int) -> dict[str, Any]:
     from darec.train.run import RunDir, load_run
 
     reference = workdir / "reference"
-    if not (reference / "results.json").exists():
+    if not RunDir(reference).results.exists():
         shutil.rmtree(reference, ignore_errors=True)
         _train([*TRAIN, "--run-dir", str(reference)]).check_returncode()
     size = sum(p.stat().st_size for p in reference.rglob("*") if p.is_file())
@@ -225,7 +226,7 @@ def disk_full(workdir: Path, seed: int) -> dict[str, Any]:
         loadable = True
         try:
             state, _ = RunDir(run).resume_point()
-            if (run / "model.safetensors").exists():
+            if RunDir(run).best.exists():
                 load_run(run, device="cpu")
         except FileNotFoundError:
             state = None  # it stopped before the first checkpoint: nothing to load, start again
@@ -249,7 +250,7 @@ def read_only(workdir: Path) -> dict[str, Any]:
     """Resume a run whose directory is read-only: a clear error at once; evaluating it still
     works; made writable again, the resume ends as the uninterrupted run did."""
     reference = workdir / "reference"
-    if not (reference / "results.json").exists():
+    if not RunDir(reference).results.exists():
         shutil.rmtree(reference, ignore_errors=True)
         _train([*TRAIN, "--run-dir", str(reference)]).check_returncode()
     room = workdir / "read-only"

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from darec.io import TMP_SUFFIX
+from darec.search.study import BEST_PLAN, SETTINGS, STUDY
+from darec.train.run import RunDir
 
 TRAIN_ARGS = ["--model", "sasrec", "--dataset", "synthetic-small", "--set", "epochs=6", "--set", "patience=0",
               "--set", "deterministic=true", "--no-progress"]
@@ -49,10 +51,11 @@ def train_summary(out: Path) -> Any:
     """What a finished training run must share with an uninterrupted one: results, per-epoch history, weights."""
     from safetensors.torch import load_file
 
-    rows = json.loads((out / "results.json").read_text())
+    run = RunDir(out)
+    rows = json.loads(run.results.read_text())
     history = [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
-               for line in (out / "metrics.jsonl").read_text().splitlines()]
-    weights = {k: v.tolist() for k, v in sorted(load_file(out / "model.safetensors").items())}
+               for line in run.metrics.read_text().splitlines()]
+    weights = {k: v.tolist() for k, v in sorted(load_file(run.best).items())}
     return {"results": rows, "history": history, "weights": weights}
 
 
@@ -60,23 +63,23 @@ def _search_summary(out: Path) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{out / STUDY}")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     # Trial numbers may differ (a trial killed mid-way is failed and queued again under a new number).
     trials = [(t.user_attrs.get("plan"), t.state.name, t.value, sorted(t.intermediate_values.items())) for t in finished]
     import yaml
 
-    best = yaml.safe_load((out / "best_plan.yaml").read_text())
+    best = yaml.safe_load((out / BEST_PLAN).read_text())
     return {"trials": trials, "best_plan": best["plan"], "best_value": best["valid_ndcg@10"]}
 
 
 TRAIN = Command("train", lambda out: _darec("train", *TRAIN_ARGS, "--run-dir", str(out)),
                 lambda out: _darec("train", "--resume", str(out), "--no-progress"),
-                lambda out: (out / "config.yaml").exists(),  # a resume starts again when no checkpoint was committed
+                lambda out: RunDir(out).config.exists(),  # a resume starts again when no checkpoint was committed
                 train_summary)
 SEARCH = Command("search", lambda out: _darec("search", str(out), *SEARCH_ARGS),
                  lambda out: _darec("search", str(out), "--resume"),
-                 lambda out: (out / "search.yaml").exists(), _search_summary)
+                 lambda out: (out / SETTINGS).exists(), _search_summary)
 COMMANDS = {"train": TRAIN, "search": SEARCH}
 
 

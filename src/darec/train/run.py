@@ -44,7 +44,10 @@ from darec.train.config import RunConfig, build_config
 CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
+PER_USER = "per_user_{split}.safetensors"  # each user's metrics on a split, full ranking as trained
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+# Inside a checkpoint folder, beside its copies of BEST (the epoch's weights) and STATE:
+RNG, OPTIMIZER, OPTIMIZER_META, SCHEDULER = "rng.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"
 log = logging.getLogger("darec")  # warnings for the user (the CLI prints them)
 
 
@@ -55,6 +58,9 @@ class RunDir:
         self.path = Path(path)
         self.config, self.id_map, self.best, self.state, self.metrics, self.results = (
             self.path / name for name in (CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS))
+
+    def per_user(self, split: str) -> Path:
+        return self.path / PER_USER.format(split=split)
 
     def checkpoint(self, epoch: int) -> Path:
         return self.path / f"checkpoint-{epoch}"

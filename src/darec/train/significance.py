@@ -20,7 +20,6 @@ from darec.train.checkpoint import load_tensors, save_tensors
 from darec.io import DamagedFile
 from darec.train.run import RunDir, load_run, load_run_dataset, read_config
 
-PER_USER = "per_user_{split}.safetensors"  # in a run directory: each user's metrics on a split, full ranking as trained
 SPLITS = ("valid", "test")
 
 
@@ -42,7 +41,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, samples: int = 10_000, confi
 
 
 def save_per_user(run_dir: Path, metrics: dict[str, np.ndarray], split: str = "test") -> None:
-    save_tensors(Path(run_dir) / PER_USER.format(split=split),
+    save_tensors(RunDir(run_dir).per_user(split),
                  {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
 
 
@@ -52,7 +51,7 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     has finished, so each split of a run is evaluated once)."""
     if split not in SPLITS:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    path = Path(run_dir) / PER_USER.format(split=split)
+    path = RunDir(run_dir).per_user(split)
     finished = RunDir(run_dir).finished()
     if path.exists() and finished:  # valid only for the final weights
         try:

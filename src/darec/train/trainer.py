@@ -30,7 +30,7 @@ from darec.train.config import RunConfig, build_config
 from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
 from darec.train.significance import save_per_user
 from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
-from darec.train.run import BEST, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
+from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
 
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
@@ -228,18 +228,18 @@ class Trainer:
             atomic_write_text(self.run.metrics, "".join(json.dumps(h) + "\n" for h in self.state["history"]))
             epoch = self.state["epoch"]
             folder = self.run.checkpoint(epoch)
-            save_tensors(folder / "model.safetensors", model_state(self.model))
+            save_tensors(folder / BEST, model_state(self.model))
             rng = {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()}
             if self.device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
-            save_tensors(folder / "rng.safetensors", rng)
-            files = ["model.safetensors", "rng.safetensors"]
+            save_tensors(folder / RNG, rng)
+            files = [BEST, RNG]
             if self.optimizer is not None:
                 tensors, meta = optimizer_state(self.optimizer)
-                save_tensors(folder / "optimizer.safetensors", tensors)
-                atomic_write_json(folder / "optimizer.json", meta)
-                atomic_write_json(folder / "scheduler.json", self.scheduler.state_dict())
-                files += ["optimizer.safetensors", "optimizer.json", "scheduler.json"]
+                save_tensors(folder / OPTIMIZER, tensors)
+                atomic_write_json(folder / OPTIMIZER_META, meta)
+                atomic_write_json(folder / SCHEDULER, self.scheduler.state_dict())
+                files += [OPTIMIZER, OPTIMIZER_META, SCHEDULER]
             self.state.update(checkpoint=folder.name, checksums={name: sha256(folder / name) for name in files})
             if improved:
                 self.state["best_sha256"] = self.state["checksums"][BEST]
@@ -273,17 +273,17 @@ class Trainer:
         if self.state["checkpoint"] is None:
             return
         folder = self.run_dir / self.state["checkpoint"]
-        load_model_state(self.model, folder / "model.safetensors", self.device)
-        rng = load_tensors(folder / "rng.safetensors")
+        load_model_state(self.model, folder / BEST, self.device)
+        rng = load_tensors(folder / RNG)
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["shuffle"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         if self.optimizer is not None:
-            meta = read_json(folder / "optimizer.json")
-            load_optimizer_state(self.optimizer, load_tensors(folder / "optimizer.safetensors", self.device), meta)
-            if (folder / "scheduler.json").exists():  # checkpoints from before schedules were constant
-                self.scheduler.load_state_dict(read_json(folder / "scheduler.json"))
+            meta = read_json(folder / OPTIMIZER_META)
+            load_optimizer_state(self.optimizer, load_tensors(folder / OPTIMIZER, self.device), meta)
+            if (folder / SCHEDULER).exists():  # checkpoints from before schedules were constant
+                self.scheduler.load_state_dict(read_json(folder / SCHEDULER))
 
     # -- training ----------------------------------------------------------------------------
 

@@ -1,1 +1,1 @@
-"""LLM-based recommenders: backbone loading, attention masking, and (in progress) DARec, MixRec, LLMEmb."""
+"""LLM-based recommenders: backbone loading, attention masking, the adapter zoo, DARec (and E4SRec) and LLMEmb."""
