@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -252,6 +253,7 @@ def evaluate(
 ) -> None:
     """Evaluate the best checkpoint of a run."""
     from darec.train import evaluate as run_eval, load_run, sample_negatives
+    from darec.train.evaluate import result_row
     from darec.train.groups import group_means, user_groups
     from darec.train.run import load_run_dataset
 
@@ -268,11 +270,8 @@ def evaluate(
         group_rows = group_means(per_user, user_groups(dataset, histories, targets, head_share)) if groups else []
     except USER_ERRORS as exc:
         _fail(exc)
-    label = "full" if protocol == "full" else f"sampled{c.train.sampled_negatives}"
-    common = {"dataset": dataset.name, "model": c.model.name, "split": split, "protocol": label,
-              "exclude_history": exclude or protocol == "sampled"}
-    rows = [{**common, **({"group": "all", "users": len(targets)} if groups else {}), **{k: float(v.mean()) for k, v in per_user.items()}}]
-    rows += [{**common, **r} for r in group_rows]
+    row = partial(result_row, dataset.name, c.model.name, split, protocol, exclude, c.train.sampled_negatives)
+    rows = [row(per_user, **({"group": "all", "users": len(targets)} if groups else {})), *(row(**r) for r in group_rows)]
     console.print(_metrics_table(rows, f"{c.model.name} on {dataset.name}"))
 
 

@@ -20,6 +20,16 @@ class NonFiniteScores(DarecError, ValueError):
     """A model scored items NaN or +infinite: it has diverged, and its metrics mean nothing."""
 
 
+def result_row(dataset: str, model: str, split: str, protocol: Protocol, exclude_history: bool, sampled_negatives: int,
+               per_user: dict[str, np.ndarray] | None = None, **extra: object) -> dict[str, object]:
+    """One row of results, as runs store them and the CLI prints them: the protocol labelled
+    ``full`` or ``sampled<N>`` (which always excludes the history), ``extra`` fields (a
+    variant, a group), and each metric's mean over the users of ``per_user``."""
+    return {"dataset": dataset, "model": model, **extra, "protocol": protocol if protocol == "full" else f"sampled{sampled_negatives}",
+            "split": split, "exclude_history": exclude_history or protocol == "sampled",
+            **{name: float(values.mean()) for name, values in (per_user or {}).items()}}
+
+
 def sample_negatives(histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int, n: int, seed: int) -> np.ndarray:
     """``n`` distinct items per user, uniformly from those the user never interacted with."""
     rng = np.random.default_rng(seed)

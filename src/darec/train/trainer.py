@@ -19,18 +19,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from darec.config import ConfigError
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
+from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
+from darec.errors import InputError
+from darec.io import DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.models.base import trainable_parameters
-from darec.io import DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
-from darec.config import ConfigError
 from darec.train.config import RunConfig, build_config
-from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, sample_negatives
-from darec.train.significance import save_per_user
-from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
+from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, result_row, sample_negatives
 from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
+from darec.train.significance import save_per_user
 
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
@@ -69,23 +70,21 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
     rows = []
     for split in ("valid", "test"):
         histories, targets = dataset.split(split)
-        settings = [("full", "full", False), ("full", "full", True)]
+        settings = [("full", False), ("full", True)]
         try:
             negatives = sample_negatives(histories, targets, dataset.n_items, t.sampled_negatives, t.seed)
             # Negatives are drawn from unseen items, so the history is excluded by construction.
-            settings.append(("sampled", f"sampled{t.sampled_negatives}", True))
-        except ValueError as exc:
+            settings.append(("sampled", True))
+        except InputError as exc:
             negatives = None
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
-        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, _, exclude in settings],
+        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, exclude in settings],
                                t.eval_batch_size, per_user=True)
-        for (_, label, exclude), per_user in zip(settings, scored):
-            rows.append({
-                "dataset": dataset.name, "model": config.model.name, "variant": variant, "protocol": label, "split": split,
-                "exclude_history": exclude, **{name: float(v.mean()) for name, v in per_user.items()},
-            })
-            if run_dir is not None and split == "test" and label == "full" and exclude == t.exclude_history:
+        for (protocol, exclude), per_user in zip(settings, scored):
+            rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
+                                   variant=variant))
+            if run_dir is not None and split == "test" and protocol == "full" and exclude == t.exclude_history:
                 save_per_user(run_dir, per_user)  # for paired comparisons between runs (darec compare)
     return rows
 
