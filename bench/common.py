@@ -23,7 +23,8 @@ from darec.train import Trainer, build_config
 from darec.train.config import config_keys
 from darec.train.run import RunDir, load_run
 from darec.train.significance import compare_runs
-from darec.train.trainer import RESUME_KEYS, result_rows, seconds_per_epoch
+from darec.train.evaluate import result_rows
+from darec.train.trainer import RESUME_KEYS, seconds_per_epoch
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from darec.data.batching import pad_right, trim
+from darec.data.dataset import SequenceDataset
 from darec.errors import DarecError, InputError
 from darec.models import SequentialRecommender
+from darec.train.config import RunConfig
 from darec.train.metrics import KS, rank_metrics, target_ranks
+from darec.train.run import RunDir
 
 Protocol = Literal["full", "sampled"]
 
@@ -122,3 +127,35 @@ def evaluate_many(
         joined = {name: torch.cat(parts).numpy()[inverse] for name, parts in out.items()}
         results.append(joined if per_user else {name: float(v.mean()) for name, v in joined.items()})
     return results
+
+
+def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
+                console: Console | None = None, run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
+    history kept and excluded (papers differ; every row says which), and the sampled protocol.
+    With ``run_dir``, each test user's metrics (full ranking, history as trained) are saved there.
+
+    The sampled protocol is left out, with a message, when the catalogue is too small to
+    draw the negatives from items a user has not seen.
+    """
+    t = config.train
+    rows = []
+    for split in ("valid", "test"):
+        histories, targets = dataset.split(split)
+        settings = [("full", False), ("full", True)]
+        try:
+            negatives = sample_negatives(histories, targets, dataset.n_items, t.sampled_negatives, t.seed)
+            # Negatives are drawn from unseen items, so the history is excluded by construction.
+            settings.append(("sampled", True))
+        except InputError as exc:
+            negatives = None
+            if console is not None:
+                console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
+        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, exclude in settings],
+                               t.eval_batch_size, per_user=True)
+        for (protocol, exclude), per_user in zip(settings, scored):
+            rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
+                                   variant=variant))
+            if run_dir is not None and split == "test" and protocol == "full" and exclude == t.exclude_history:
+                RunDir(run_dir).write_per_user(split, per_user)  # for paired comparisons between runs (darec compare)
+    return rows

@@ -31,6 +31,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
 from darec.device import apply_precision, resolve_device
@@ -38,7 +41,7 @@ from darec.errors import InputError
 from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.models.base import Companions
-from darec.train.checkpoint import load_model_state
+from darec.train.checkpoint import load_model_state, load_tensors, save_tensors
 from darec.train.config import RunConfig, build_config
 
 CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
@@ -61,6 +64,13 @@ class RunDir:
 
     def per_user(self, split: str) -> Path:
         return self.path / PER_USER.format(split=split)
+
+    def write_per_user(self, split: str, metrics: dict[str, np.ndarray]) -> None:
+        """Each user's metrics on ``split``, for paired comparisons between runs (``darec compare``)."""
+        save_tensors(self.per_user(split), {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
+
+    def read_per_user(self, split: str) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in load_tensors(self.per_user(split)).items()}
 
     def checkpoint(self, epoch: int) -> Path:
         return self.path / f"checkpoint-{epoch}"

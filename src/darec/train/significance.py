@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import stats
 
 from darec.errors import InputError, UnknownKey
-from darec.train.checkpoint import load_tensors, save_tensors
 from darec.io import DamagedFile
 from darec.train.run import RunDir, load_run, load_run_dataset, read_config
 
@@ -40,32 +38,27 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, samples: int = 10_000, confi
             "ci_low": float(np.quantile(means, tail)), "ci_high": float(np.quantile(means, 1 - tail)), "p_value": p}
 
 
-def save_per_user(run_dir: Path, metrics: dict[str, np.ndarray], split: str = "test") -> None:
-    save_tensors(RunDir(run_dir).per_user(split),
-                 {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
-
-
 def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray]:
     """Each user's metrics on ``split`` (full ranking, history as trained) of a run's best
     weights: for test, saved by the run when it finished; else computed (and saved, if the run
     has finished, so each split of a run is evaluated once)."""
     if split not in SPLITS:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    path = RunDir(run_dir).per_user(split)
-    finished = RunDir(run_dir).finished()
-    if path.exists() and finished:  # valid only for the final weights
+    run_dir = RunDir(run_dir)
+    finished = run_dir.finished()
+    if run_dir.per_user(split).exists() and finished:  # valid only for the final weights
         try:
-            return {k: v.numpy() for k, v in load_tensors(path).items()}
+            return run_dir.read_per_user(split)
         except DamagedFile:
             pass  # a cache: computed again from the weights below, and rewritten
     from darec.train.evaluate import evaluate
 
-    run = load_run(run_dir)
-    histories, targets = load_run_dataset(run_dir, run.config).split(split)
+    run = load_run(run_dir.path)
+    histories, targets = load_run_dataset(run_dir.path, run.config).split(split)
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
     if finished:  # an unfinished run's best weights may change
-        save_per_user(run_dir, metrics, split)
+        run_dir.write_per_user(split, metrics)
     return metrics
 
 

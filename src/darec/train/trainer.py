@@ -23,15 +23,13 @@ from darec.config import ConfigError
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
-from darec.errors import InputError
 from darec.io import DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
-from darec.models import SequentialRecommender, build_model
+from darec.models import build_model
 from darec.models.base import trainable_parameters
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.train.config import RunConfig, build_config
-from darec.train.evaluate import NonFiniteScores, evaluate, evaluate_many, result_row, sample_negatives
+from darec.train.evaluate import NonFiniteScores, evaluate, result_rows
 from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
-from darec.train.significance import save_per_user
 
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
@@ -55,38 +53,6 @@ def lr_factor(schedule: str, warmup: int, total: int, step: int) -> float:
         return step / warmup
     done = min(1.0, (step - warmup) / max(1, total - warmup))
     return {"constant": 1.0, "linear": 1.0 - done, "cosine": 0.5 * (1.0 + math.cos(math.pi * done))}[schedule]
-
-
-def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
-                console: Console | None = None, run_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
-    history kept and excluded (papers differ; every row says which), and the sampled protocol.
-    With ``run_dir``, each test user's metrics (full ranking, history as trained) are saved there.
-
-    The sampled protocol is left out, with a message, when the catalogue is too small to
-    draw the negatives from items a user has not seen.
-    """
-    t = config.train
-    rows = []
-    for split in ("valid", "test"):
-        histories, targets = dataset.split(split)
-        settings = [("full", False), ("full", True)]
-        try:
-            negatives = sample_negatives(histories, targets, dataset.n_items, t.sampled_negatives, t.seed)
-            # Negatives are drawn from unseen items, so the history is excluded by construction.
-            settings.append(("sampled", True))
-        except InputError as exc:
-            negatives = None
-            if console is not None:
-                console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
-        scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, exclude in settings],
-                               t.eval_batch_size, per_user=True)
-        for (protocol, exclude), per_user in zip(settings, scored):
-            rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
-                                   variant=variant))
-            if run_dir is not None and split == "test" and protocol == "full" and exclude == t.exclude_history:
-                save_per_user(run_dir, per_user)  # for paired comparisons between runs (darec compare)
-    return rows
 
 
 class Trainer:
