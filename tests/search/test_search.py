@@ -103,3 +103,23 @@ def test_start_plans_are_tried_first_and_once(tmp_path: Path) -> None:
     settings.start_with = ["lora:8"]
     with pytest.raises(ConfigError, match=r"search.start_with\[0\]: 'lora:8' is not one of search.choices"):
         Search(run, settings, tmp_path / "t").run()
+
+
+def test_a_trial_left_running_by_a_killed_search_is_failed_and_its_plan_tried_again(tmp_path: Path) -> None:
+    import optuna
+
+    from darec.search import SearchConfig
+    from darec.train import build_config
+
+    run = build_config(overrides=["model=darec", "backbone=tiny", "item_tokens=4", "max_len=10", "dataset=synthetic-tiny"])
+    settings = SearchConfig(trials=1, budget=4, rungs=1, sampler="tpe", pruner="none", groups=1, choices=["none", "lora:4"])
+    search = Search(run, settings, tmp_path / "s")
+    search.run()
+    study = search._study(create=False)
+    left = study.ask({"group_0": optuna.distributions.CategoricalDistribution(["none", "lora:4"])})  # as a kill leaves it
+    resumed = Search.resume(tmp_path / "s")
+    resumed.config.trials = 2
+    resumed.run(resume=True)
+    trials = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
+    assert trials[left.number].state == optuna.trial.TrialState.FAIL
+    assert trials[-1].state == optuna.trial.TrialState.COMPLETE and trials[-1].params == left.params  # the same plan, again

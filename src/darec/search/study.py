@@ -104,8 +104,9 @@ class Search:
 
         study = self._study(create=not resume)
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            # Left running by a killed search: fail it and try the same plan again.
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            # Left running by a killed search: fail it and try the same plan again (optuna's heartbeat
+            # and RetryFailedTrialCallback would do the same, but only once a grace period has passed).
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(trial.params)
             shutil.rmtree(self.out / "trials" / f"trial-{trial.number}", ignore_errors=True)
         self._enqueue_start_plans(study)
