@@ -153,3 +153,22 @@ def test_the_prefix_finds_the_cache_in_the_attention_signature_and_checks_it_is_
     attention.forward = ignoring.__get__(attention)
     with pytest.raises(RuntimeError, match=f"ignored the cache given as '{name}'"):
         _out(model, torch.randn(1, 4, 64))
+
+
+def test_lora_ranks_by_layer_live_in_one_peft_adapter_and_old_weights_load() -> None:
+    from darec.models.llm.adapters.peft_methods import rename_old_lora_keys
+
+    model = _llama(3)
+    apply_plan(model, ["lora:4", "lora:2", "lora:4"])
+    names = {n.split(".lora_A.")[1].split(".")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert names == {"default"}
+    q = [model.layers[i].self_attn.q_proj for i in range(3)]
+    assert [m.lora_A["default"].out_features for m in q] == [4, 2, 4]
+    assert [m.scaling["default"] for m in q] == [2.0, 2.0, 2.0]  # alpha = 2r: alpha / r
+    # Weights saved when each rank had an adapter of its own (lora_r4_a2_d0_05, ...) load into it.
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    old = {n.replace(".default.", f".lora_r{q[int(n.split('layers.')[1].split('.')[0])].r['default']}_a2_d0_05."): p
+           for n, p in state.items()}
+    assert all(".default." not in n for n in old)
+    rename_old_lora_keys(old)
+    assert old.keys() == state.keys()

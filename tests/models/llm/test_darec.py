@@ -236,3 +236,16 @@ def test_a_layer_wise_plan_trains_saves_and_reloads(tmp_path: Path) -> None:
         assert torch.allclose(model.eval().score(*args), fresh.eval().score(*args), atol=1e-6)
     with pytest.raises(ConfigError, match="1 entries for 2 decoder layers"):
         _model("plan=[lora:4]")
+
+
+def test_weights_saved_with_an_adapter_per_lora_rank_still_load() -> None:
+    model = _model("plan=[lora:4, lora:2]")
+    saved = {n: v for n, v in model.state_dict().items() if n not in model.rebuilt_state_keys()}
+    ranks = {"0": 4, "1": 2}
+    old = {(n.replace(".default.", f".lora_r{ranks[n.split('layers.')[1][0]]}_a2_d0_05.") if ".lora_" in n else n): v
+           for n, v in saved.items()}
+    assert any("lora_r2_a2_d0_05" in n for n in old)
+    fresh = _model("plan=[lora:4, lora:2]")
+    missing, unexpected = fresh.load_state_dict(old, strict=False)
+    assert not unexpected and not set(missing) - fresh.rebuilt_state_keys()
+    assert all(torch.equal(fresh.state_dict()[n], v) for n, v in saved.items())

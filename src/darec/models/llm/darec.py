@@ -34,6 +34,7 @@ from darec.device import autocast
 from darec.models.base import (Companions, ModelConfig, SequentialRecommender, catalogue_scores, companion, info_nce, last_state,
                                next_item_loss)
 from darec.models.llm.adapters import apply_plan, describe_plan
+from darec.models.llm.adapters.peft_methods import rename_old_lora_keys
 from darec.models.llm.backbone import decoder_layers, load_backbone
 from darec.models.llm.masking import item_attention_mask
 from darec.models.registry import register
@@ -111,6 +112,7 @@ class DARec(SequentialRecommender):
         self.llm = backbone.model.base_model
         self.plan = c.plan or [f"lora:{c.lora_r}"] * len(backbone.layers)
         apply_plan(self.llm, self.plan)
+        self.register_load_state_dict_pre_hook(lambda module, state, *_: rename_old_lora_keys(state))  # older runs
         hidden = backbone.hidden_size
         self.text = c.item_input != "id"
         self.semantic = c.mask == "semantic"

@@ -38,19 +38,35 @@ def _names_regex(names: list[str]) -> str:
 
 @register_adapter("lora", LoraSpec)
 def apply_lora(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
+    """One peft adapter for every LoRA layer, each layer's rank and alpha by ``rank_pattern``
+    and ``alpha_pattern``; peft has no per-module dropout, so layers that differ in dropout
+    get an adapter per dropout (named ``lora_d<p>``; a single one keeps peft's ``default``)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    by_spec: dict[tuple, list[LayerAnatomy]] = {}
+    by_dropout: dict[float, list[tuple[LayerAnatomy, LoraSpec]]] = {}
     for layer, spec in layers:
-        by_spec.setdefault((spec.r, spec.alpha_per_rank, spec.dropout), []).append(layer)
-    for (r, alpha, dropout), group in by_spec.items():
-        targets = [n for layer in group for n in layer.linears]
-        # One adapter name per setting, so layers of different ranks live side by side
-        # (a single setting keeps peft's own name).
-        name = "default" if len(by_spec) == 1 else f"lora_r{r}_a{alpha:g}_d{dropout:g}".replace(".", "_")
-        config = LoraConfig(r=r, lora_alpha=alpha * r, lora_dropout=dropout, target_modules=_names_regex(targets),
-                            fan_in_fan_out=_transposed(group))
+        by_dropout.setdefault(spec.dropout, []).append((layer, spec))
+    for dropout, group in by_dropout.items():
+        # peft matches a pattern key as a regex against the end of a module's name.
+        ranks = {re.escape(n): spec.r for layer, spec in group for n in layer.linears}
+        alphas = {re.escape(n): spec.alpha_per_rank * spec.r for layer, spec in group for n in layer.linears}
+        first = group[0][1]
+        name = "default" if len(by_dropout) == 1 else f"lora_d{dropout:g}".replace(".", "_")
+        config = LoraConfig(r=first.r, lora_alpha=first.alpha_per_rank * first.r, lora_dropout=dropout,
+                            target_modules=_names_regex([n for layer, _ in group for n in layer.linears]),
+                            rank_pattern=ranks, alpha_pattern=alphas, fan_in_fan_out=_transposed([layer for layer, _ in group]))
         inject(inject_adapter_in_model, config, model, name)
+
+
+# Before rank_pattern, each LoRA setting had an adapter of its own, e.g. ``lora_r4_a2_d0_05``
+# (dropout was 0.05 in every one); such weights load into today's single adapter.
+OLD_LORA_ADAPTER = re.compile(r"\.(lora_[AB])\.lora_r\d+_a[\d_]+_d[\d_]+\.")
+
+
+def rename_old_lora_keys(state: dict[str, Any]) -> None:
+    """Rename, in place, the LoRA weights of a state dict saved with one adapter per rank."""
+    for key in [k for k in state if OLD_LORA_ADAPTER.search(k)]:
+        state[OLD_LORA_ADAPTER.sub(r".\1.default.", key)] = state.pop(key)
 
 
 @register_adapter("ia3", IA3Spec)
