@@ -5,18 +5,7 @@ read once, at the end. Rows go to bench/results/darec_accuracy.json as each run 
 (two processes may run side by side, e.g. one a data set), and the markdown table beside
 it is rewritten from all rows. Runs live in bench/work/darec_accuracy/ and resume.
 
-Budgets (``--budget``):
-
-* ``gpu``: the method as specified: all 30 SmolLM2 layers, 16 title tokens a span, the
-  last 50 items, every training window, up to 20 epochs (patience 3), bf16 on CUDA.
-* ``cpu-full``: the method's own depth on a 2-core CPU with native bf16 (``precision=auto``
-  is bf16 there): all 30 SmolLM2 layers, 12 title tokens a span, the last 50 items, each
-  user's most recent window in batches of 8, 3 epochs (patience 1), validated during
-  training on 300 users (the final validation and test use all): about an hour a run.
-* ``cpu``: what fits a 2-core CPU in about an hour a data set: the first 2 SmolLM2 layers,
-  4 title tokens a span, the last 20 items, and only each user's most recent window
-  (``windows_per_user=1``) in batches of 8 (more updates from few windows), up to 5
-  epochs (patience 2).
+Budgets (``--budget``): see ``budgets.py``.
 
 Variants (``--variants``): ``darec`` (text + ID spans, block mask, joint SASRec with
 InfoNCE), each switch off (``no-masking``: plain causal attention; ``no-injection``:
@@ -51,18 +40,11 @@ from pathlib import Path
 
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, for_model, machine, markdown_table,
                     save_rows, train_rows, versions, versus, versus_cell, with_seeds)
+from budgets import BUDGETS
 from darec.train import build_config
 from darec.train.run import RunDir
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
-BUDGETS = {
-    "gpu": ["backbone=smollm2", "keep_layers=0", "item_tokens=16", "max_len=50", "window_overlap=0.5",
-            "windows_per_user=0", "epochs=20", "patience=3", "batch_size=32", "lr=1e-3"],
-    "cpu-full": ["backbone=smollm2", "keep_layers=0", "item_tokens=12", "max_len=50", "window_overlap=0",
-                 "windows_per_user=1", "epochs=3", "patience=1", "batch_size=8", "lr=1e-3", "valid_users=300"],
-    "cpu": ["backbone=smollm2", "keep_layers=2", "item_tokens=4", "max_len=20", "window_overlap=0",
-            "windows_per_user=1", "epochs=5", "patience=2", "batch_size=8", "lr=1e-3"],
-}
 DAREC_VARIANTS = {
     "darec": ["model=darec"],
     "no-masking": ["model=darec", "mask=causal"],

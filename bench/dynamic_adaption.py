@@ -24,7 +24,7 @@ import yaml
 
 from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, machine, markdown_table, save_rows,
                     train_rows, versions, versus, versus_cell, with_seeds)
-from darec_accuracy import BUDGETS
+from budgets import BUDGETS
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
