@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,16 +69,62 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One benchmark run, declared: its folder and its rows' fields follow from it, and
+    nothing is parsed back out of a folder name."""
+
+    dataset: str
+    variant: str  # e.g. darec, no-masking, sasrec-same-data, searched, uniform-lora
+    budget: str  # a key of budgets.BUDGETS, or "-" (the model's own defaults)
+    tag: str = ""  # a named --set tried beside the budget's own runs
+    seed: int = 0  # 0: the config's own seed
+
+    @property
+    def name(self) -> str:
+        """``VARIANT[@TAG][@seedN]``: the run's folder name, as earlier versions named them."""
+        return "@".join([self.variant, *([self.tag] if self.tag else []), *([f"seed{self.seed}"] if self.seed else [])])
+
+    def run_dir(self, workdir: Path) -> Path:
+        return workdir / self.dataset / f"{self.budget}-{self.name}"
+
+    def fields(self) -> Row:
+        """What a row of this run says about it (``name`` for the tables)."""
+        return {"dataset": self.dataset, "variant": self.variant, "budget": self.budget, "tag": self.tag, "seed": self.seed,
+                "name": self.name}
+
+    def holds(self, row: Row) -> bool:
+        """Whether ``row`` is one of this run's."""
+        return all(row.get(k) == v for k, v in self.fields().items() if k != "name")
+
+    @classmethod
+    def of(cls, row: Row) -> RunSpec:
+        return cls(row["dataset"], row["variant"], row["budget"], row.get("tag", ""), row.get("seed", 0))
+
+
+def upgrade_run_row(row: Row) -> Row:
+    """A row written before RunSpec (``variant`` "BUDGET:VARIANT@TAG@seedN") in today's fields."""
+    if "tag" in row or ":" not in row["variant"]:
+        return row
+    budget, name = row["variant"].split(":", 1)
+    variant, *rest = name.split("@")
+    seed = int(rest.pop()[4:]) if rest and rest[-1].startswith("seed") and rest[-1][4:].isdigit() else 0
+    return {**row, **RunSpec(row["dataset"], variant, budget, "@".join(rest), seed).fields()}
+
+
 def row_key(row: Row) -> tuple:
-    return row["dataset"], row["model"], row["variant"], row["protocol"], row["split"], row.get("exclude_history")
+    return (row["dataset"], row["model"], row["variant"], row.get("budget"), row.get("tag", ""), row.get("seed", 0),
+            row["protocol"], row["split"], row.get("exclude_history"))
 
 
-def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]], str] | None = None) -> None:
-    """Add rows to a JSON results file, replacing earlier rows with the same key; rewrite
-    its markdown table from all rows."""
+def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]], str] | None = None,
+              upgrade: Callable[[Row], Row] | None = None) -> None:
+    """Add rows to a JSON results file, replacing earlier rows with the same key (after
+    ``upgrade`` has brought older rows to today's fields); rewrite its markdown table from all rows."""
     new_rows = list(new_rows)
     with locked(path):
         rows = json.loads(path.read_text()) if path.exists() else []
+        rows = [upgrade(r) for r in rows] if upgrade else rows
         fresh = {row_key(r) for r in new_rows}
         rows = [r for r in rows if row_key(r) not in fresh] + new_rows
         atomic_write_json(path, rows)
@@ -122,15 +169,17 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
     return rows
 
 
-def finished_seeds(*runs: Path) -> list[int]:
-    """The seeds N under which every one of ``runs`` was trained again and finished (``RUN@seedN``)."""
-    found = [{int(seed) for p in run.parent.glob(f"{run.name}@seed*")
-              if (seed := p.name.rsplit("@seed", 1)[1]).isdigit() and RunDir(p).results.exists()} for run in runs]
+def finished_seeds(rows: list[Row], specs: list[RunSpec], where: Callable[[RunSpec], Path]) -> list[int]:
+    """The seeds N (besides the first) under which every one of ``specs`` was trained again
+    and finished: those the results ``rows`` hold, whose run (at ``where``) has its results."""
+    found = [{r["seed"] for r in rows if r.get("seed") and RunSpec.of(r) == replace(spec, seed=r["seed"])
+              and RunDir(where(RunSpec.of(r))).results.exists()} for spec in specs]
     return sorted(set.intersection(*found)) if found else []
 
 
-def with_seeds(run: Path, seeds: list[int]) -> list[Path]:
-    return [run, *(run.parent / f"{run.name}@seed{s}" for s in seeds)]
+def with_seeds(spec: RunSpec, seeds: list[int], where: Callable[[RunSpec], Path]) -> list[Path]:
+    """The run folders of ``spec`` (its first seed) and of it under each of ``seeds``."""
+    return [where(spec), *(where(replace(spec, seed=s)) for s in seeds)]
 
 
 def versus_cell(row: Row, name: str) -> str:

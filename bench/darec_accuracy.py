@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, for_model, machine, markdown_table,
-                    save_rows, train_rows, versions, versus, versus_cell, with_seeds)
 from budgets import BUDGETS
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, for_model, machine,
+                    markdown_table, save_rows, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec.train import build_config
 from darec.train.run import RunDir
 
@@ -67,23 +68,21 @@ VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data",
             "head-items", *PRETRAINED]
 
 
-def tagged(variant: str, tag: str) -> str:
-    return f"{variant}@{tag}" if tag else variant
+def spec(args: argparse.Namespace, variant: str, seed: int | None = None) -> RunSpec:
+    """The run of ``variant`` in this invocation (its budget, tag and seed; SASRec with its own defaults: budget -)."""
+    return RunSpec(args.dataset, variant, "-" if variant == "sasrec" else args.budget, args.tag,
+                   args.seed if seed is None else seed)
 
 
-def run_dir_for(workdir: Path, dataset: str, variant: str, budget: str, tag: str = "") -> Path:
-    name = tagged(variant, tag)
-    return workdir / dataset / f"{'-' if name == 'sasrec' else budget}-{name}"
-
-
-def overrides_for(variant: str, budget: str, workdir: Path, dataset: str, tag: str = "") -> list[str]:
+def overrides_for(variant: str, budget: str, cf_run: Path) -> list[str]:
+    """A variant's settings; ``cf_run``: the SASRec run the pre-trained variants start from."""
     if variant == "sasrec":
         return SASREC
     data = [o for o in BUDGETS[budget] if o.split("=")[0] in ("max_len", "window_overlap", "windows_per_user")]
     if variant == "sasrec-same-data":
         return [*SASREC, *data]
     if variant in PRETRAINED:
-        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={run_dir_for(workdir, dataset, 'sasrec-same-data', budget, tag)}"]
+        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={cf_run}"]
     return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
 
 
@@ -102,7 +101,7 @@ def key(variant: str) -> str:
 
 def switch_cell(valid: Row) -> str:
     """An ablation's validation comparisons with each variant it switches something off in."""
-    fulls = [f for f in ABLATION_OF.get(valid.get("name", "").split("@")[0], []) if f"vs_{key(f)}" in valid]
+    fulls = [f for f in ABLATION_OF.get(valid.get("variant", ""), []) if f"vs_{key(f)}" in valid]
     if len(fulls) == 1:
         return compared_cell(valid, key(fulls[0]))
     return "<br>".join(f"vs {f}: {compared_cell(valid, key(f))}" for f in fulls) or "-"
@@ -110,13 +109,13 @@ def switch_cell(valid: Row) -> str:
 
 def markdown(rows: list[Row]) -> str:
     def find(r: Row, split: str, exclude: bool) -> Row:
-        return next((x for x in rows if x["dataset"] == r["dataset"] and x["variant"] == r["variant"] and x["protocol"] == "full"
+        return next((x for x in rows if RunSpec.of(r).holds(x) and x["protocol"] == "full"
                      and x["split"] == split and x["exclude_history"] == exclude), {})
 
     order = {v: i for i, v in enumerate(VARIANTS)}
     main = [r for r in rows if r["split"] == "test" and r["protocol"] == "full" and not r["exclude_history"]]
     cells = []
-    for r in sorted(main, key=lambda r: (r["dataset"], r["budget"], order.get(r["name"].split("@")[0], 99), r["name"])):
+    for r in sorted(main, key=lambda r: (r["dataset"], r["budget"], order.get(r["variant"], 99), r["name"])):
         valid, excluded = find(r, "valid", False), find(r, "test", True)
         cells.append([r["dataset"], r["budget"], r["name"], epochs_cell(r), f"{valid.get('ndcg@10', float('nan')):.4f}",
                       f"{r['ndcg@10']:.4f}", f"{r['hit@10']:.4f}", f"{excluded.get('ndcg@10', float('nan')):.4f}",
@@ -142,23 +141,25 @@ def pool_seeds(args: argparse.Namespace) -> None:
     each user's NDCG@10 averaged over every seed that both sides finished (``darec compare A,A@seed7 B,B@seed7``)."""
     if not args.results.exists():
         return
-    run = partial(run_dir_for, args.workdir, args.dataset, budget=args.budget, tag=args.pool_tag)
-    written, rows = json.loads(args.results.read_text()), []
+    where = partial(RunSpec.run_dir, workdir=args.workdir)
+    written, rows = [upgrade_run_row(r) for r in json.loads(args.results.read_text())], []
     for variant in VARIANTS:
-        mine = [r for r in written if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{tagged(variant, args.pool_tag)}"]
-        if variant.startswith("sasrec") or not mine or not RunDir(run(variant)).results.exists():
+        first = spec(args, variant, seed=0)
+        mine = [r for r in written if first.holds(r)]
+        if variant.startswith("sasrec") or not mine or not RunDir(where(first)).results.exists():
             continue
         pairs = [("sasrec-same-data", "sasrec", "test"), *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
         for reference, name, split in pairs:
             name += "_seeds"
-            seeds = finished_seeds(run(variant), run(reference))
+            other = spec(args, reference, seed=0)
+            seeds = finished_seeds(written, [first, other], where)
             if seeds:
-                mine = versus(mine, with_seeds(run(variant), seeds), with_seeds(run(reference), seeds), name, split=split)
+                mine = versus(mine, with_seeds(first, seeds, where), with_seeds(other, seeds, where), name, split=split)
                 for row in mine:
                     if f"vs_{name}" in row:
                         row[f"vs_{name}_runs"] = 1 + len(seeds)
         rows += mine
-    save_rows(args.results, rows, markdown)
+    save_rows(args.results, rows, markdown, upgrade_run_row)
 
 
 def main() -> None:
@@ -170,50 +171,48 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "darec_accuracy")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. max_minutes=10)")
-    parser.add_argument("--tag", default="", help="name for the --set extras: rows become VARIANT@TAG, runs their own "
-                        "folders, so a setting tried (e.g. --set lr=3e-4 --tag lr3e-4) sits beside the budget's own rows")
-    parser.add_argument("--seed", type=int, default=0, help="train the variants again under seed N, beside the first (runs "
-                        "and rows VARIANT@seedN, or VARIANT@TAG@seedN with --tag); the first rows then also carry their "
-                        "comparisons pooled over the seeds")
+    parser.add_argument("--tag", default="", help="name for the --set extras: their rows carry this tag, their runs have "
+                        "folders of their own (VARIANT@TAG), so a setting tried (e.g. --set lr=3e-4 --tag lr3e-4) sits "
+                        "beside the budget's own rows")
+    parser.add_argument("--seed", type=int, default=0, help="train the variants again under seed N, beside the first (rows "
+                        "with that seed, runs in VARIANT[@TAG]@seedN); the first rows then also carry their comparisons "
+                        "pooled over the seeds")
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
     parser.add_argument("--compare-only", action="store_true", help="only add the paired comparisons to the rows already in "
                         "the results file (no training, no evaluation beyond the per-user metrics they need)")
     args = parser.parse_args()
-    args.pool_tag = args.tag  # the seeds' comparisons are pooled on the rows of the first seed
     if args.seed:
-        args.tag = f"{args.tag}@seed{args.seed}" if args.tag else f"seed{args.seed}"  # runs VARIANT[@TAG]@seedN
         args.extra = [*args.extra, f"seed={args.seed}"]
     build_config(overrides=["model=darec", *args.extra])  # a typo in --set fails here, not dropped as SASRec-less
     variants = list(args.variants)
     first = None if args.compare_only else next((i for i, v in enumerate(variants) if v in PRETRAINED), None)
     if first is not None and "sasrec-same-data" not in variants[:first]:
         variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
-    written = json.loads(args.results.read_text()) if args.compare_only else []
+    written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())] if args.compare_only else []
     for variant in variants:
-        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, args.workdir, args.dataset, args.tag)]
+        run = spec(args, variant)
+        # The SASRec of the same tag and seed where there is one, else the budget's own.
+        reference = spec(args, "sasrec-same-data").run_dir(args.workdir)
+        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, reference)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
         overrides += for_model(args.extra, model)  # e.g. gradient_checkpointing reaches the LLM runs only
-        budget, name = "-" if variant == "sasrec" else args.budget, tagged(variant, args.tag)
-        base = {"dataset": args.dataset, "model": model, "variant": f"{budget}:{name}", "name": name, "budget": budget,
-                "settings": " ".join(overrides), "machine": machine(), "versions": versions(), "command": command_line()}
-        run_dir = run_dir_for(args.workdir, args.dataset, variant, args.budget, args.tag)
+        base = {**run.fields(), "model": model, "settings": " ".join(overrides), "machine": machine(), "versions": versions(),
+                "command": command_line()}
+        run_dir = run.run_dir(args.workdir)
         if args.compare_only:
-            rows = [r for r in written if r["dataset"] == args.dataset and r["variant"] == base["variant"]]
+            rows = [r for r in written if run.holds(r)]
             if not rows or not RunDir(run_dir).results.exists():
                 continue
         else:
             rows = train_rows(run_dir, overrides, base, args.evaluate_only)
         if model != "sasrec":
-            # The SASRec of the same tag where there is one (e.g. the same seed), else the budget's own.
-            reference = run_dir_for(args.workdir, args.dataset, "sasrec-same-data", args.budget, args.tag)
             if not reference.exists():
-                reference = run_dir_for(args.workdir, args.dataset, "sasrec-same-data", args.budget)
+                reference = replace(spec(args, "sasrec-same-data"), tag="", seed=0).run_dir(args.workdir)
             rows = versus(rows, run_dir, reference, "sasrec")
         for full in ABLATION_OF.get(variant, []):
-            rows = versus(rows, run_dir, run_dir_for(args.workdir, args.dataset, full, args.budget, args.tag), key(full),
-                          split="valid")
-        save_rows(args.results, rows, markdown)
-        print(f"{args.dataset} {name}: done", flush=True)
+            rows = versus(rows, run_dir, spec(args, full).run_dir(args.workdir), key(full), split="valid")
+        save_rows(args.results, rows, markdown, upgrade_run_row)
+        print(f"{args.dataset} {run.name}: done", flush=True)
     pool_seeds(args)
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from common import (HERE, TIME_LIMITED, Row, command_line, epochs_cell, finished_seeds, machine, markdown_table, save_rows,
-                    train_rows, versions, versus, versus_cell, with_seeds)
 from budgets import BUDGETS
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, markdown_table,
+                    save_rows, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
@@ -49,7 +49,7 @@ def markdown(rows: list[Row]) -> str:
     for r in rows:
         if r["split"] != "test" or r["protocol"] != "full" or r["exclude_history"]:
             continue
-        valid = next((x for x in rows if x["dataset"] == r["dataset"] and x["variant"] == r["variant"] and x["split"] == "valid"
+        valid = next((x for x in rows if RunSpec.of(r).holds(x) and x["split"] == "valid"
                       and x["protocol"] == "full" and not x["exclude_history"]), {})
         cells.append([r["dataset"], r["budget"], r["name"], f"{r['trainable_parameters']:,}", f"{valid.get('ndcg@10', float('nan')):.4f}",
                       f"{r['ndcg@10']:.4f}", f"{r['hit@10']:.4f}", epochs_cell(r),
@@ -93,6 +93,9 @@ def main() -> None:
 
     base_overrides = ["model=darec", f"dataset={args.dataset}", f"threads={args.threads}", *BUDGETS[args.budget], *args.extra]
     work = args.workdir / args.dataset / args.budget
+
+    def where(spec: RunSpec) -> Path:
+        return args.workdir / spec.dataset / spec.budget / spec.name
     model = build_config(overrides=base_overrides).model
     n_layers = layer_count(model.backbone, model.keep_layers or None)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
@@ -101,13 +104,13 @@ def main() -> None:
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
-    searched, search_dir, summary_file = f"searched{suffix}", work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
-    seeded, seed = (f"@seed{args.seed}", [f"seed={args.seed}"]) if args.seed else ("", [])
+    search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
+    seed = [f"seed={args.seed}"] if args.seed else []
     if "searched" in args.plans and args.seed:
         if not summary_file.exists():
             raise SystemExit(f"--seed trains a searched plan again, but {summary_file} does not exist: run the search first")
         summary = yaml.safe_load(summary_file.read_text())
-        search_seconds, plans = summary["seconds"], {searched: summary["plan"], **uniform}
+        search_seconds, plans = summary["seconds"], {"searched": summary["plan"], **uniform}
     elif "searched" in args.plans:
         # Seconds of earlier invocations of this search (it resumes), so the row has its whole wall time.
         start = time.perf_counter() - (yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0)
@@ -127,47 +130,51 @@ def main() -> None:
         search_seconds = time.perf_counter() - start
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
-        plans = {searched: summary["plan"], **uniform}
+        plans = {"searched": summary["plan"], **uniform}
         for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
             shutil.copyfile(search_dir / picture,
                             args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}{suffix}-{picture}")
         summary_file.write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
-    for name, plan in ((n, p) for n, p in plans.items() if n.split("@")[0] in args.plans):
+    specs = {name: RunSpec(args.dataset, name, args.budget, args.tag if name == "searched" else "", args.seed) for name in plans}
+    for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*base_overrides, *seed, f"plan={plan}"]
-        name = f"{name}{seeded}"
-        row = {"dataset": args.dataset, "model": "darec", "variant": f"{args.budget}:{name}", "name": name, "budget": args.budget,
-               "plan": json.dumps(plan), "plan_summary": describe_plan(plan), "settings": " ".join([*base_overrides, *seed]),
-               "machine": machine(), "versions": versions(), "command": command_line()}
-        rows = train_rows(work / name, overrides, row)
-        count = trainable(overrides, work / name)
+        run, run_dir = specs[name], where(specs[name])
+        row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
+               "settings": " ".join([*base_overrides, *seed]), "machine": machine(), "versions": versions(), "command": command_line()}
+        rows = train_rows(run_dir, overrides, row)
+        count = trainable(overrides, run_dir)
         for r in rows:
             r["trainable_parameters"] = count
-            if name == searched + seeded:
+            if name == "searched":
                 r.update(search_seconds=search_seconds, search_trials=summary["trials"],
                          search_best_valid=summary["best_value"])
-        save_rows(args.results, rows, markdown)
-        print(f"{args.dataset} {name}: done", flush=True)
+        save_rows(args.results, rows, markdown, upgrade_run_row)
+        print(f"{args.dataset} {run.name}: done", flush=True)
     # Once both are trained (perhaps by two processes): the searched plan against uniform LoRA, user by user.
-    if RunDir(work / (searched + seeded)).results.exists() and args.results.exists():
-        rows = [r for r in json.loads(args.results.read_text())
-                if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}{seeded}"]
-        save_rows(args.results, versus(rows, work / (searched + seeded), work / f"uniform-lora{seeded}", "uniform_lora"), markdown)
-    pool_seeds(args, work, searched)
+    if "searched" in specs and RunDir(where(specs["searched"])).results.exists() and args.results.exists():
+        rows = [r for r in map(upgrade_run_row, json.loads(args.results.read_text())) if specs["searched"].holds(r)]
+        rows = versus(rows, where(specs["searched"]), where(specs["uniform-lora"]), "uniform_lora")
+        save_rows(args.results, rows, markdown, upgrade_run_row)
+    pool_seeds(args, where)
 
 
-def pool_seeds(args: argparse.Namespace, work: Path, searched: str) -> None:
+def pool_seeds(args: argparse.Namespace, where) -> None:
     """With the plans trained under more than one seed: the searched plan against uniform
     LoRA with each user's NDCG@10 averaged over the seeds of each (``darec compare A1,A2 B1,B2``),
     on the first seed's row."""
-    seeds = finished_seeds(work / searched, work / "uniform-lora")
-    if not seeds or not RunDir(work / searched).results.exists() or not args.results.exists():
+    if not args.results.exists():
         return
-    rows = [r for r in json.loads(args.results.read_text()) if r["dataset"] == args.dataset and r["variant"] == f"{args.budget}:{searched}"]
-    rows = versus(rows, with_seeds(work / searched, seeds), with_seeds(work / "uniform-lora", seeds), "uniform_lora_seeds")
+    searched, lora = RunSpec(args.dataset, "searched", args.budget, args.tag), RunSpec(args.dataset, "uniform-lora", args.budget)
+    written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())]
+    seeds = finished_seeds(written, [searched, lora], where)
+    if not seeds or not RunDir(where(searched)).results.exists():
+        return
+    rows = [r for r in written if searched.holds(r)]
+    rows = versus(rows, with_seeds(searched, seeds, where), with_seeds(lora, seeds, where), "uniform_lora_seeds")
     for row in rows:
         if "vs_uniform_lora_seeds" in row:
             row["seeds_pooled"] = 1 + len(seeds)
-    save_rows(args.results, rows, markdown)
+    save_rows(args.results, rows, markdown, upgrade_run_row)
 
 
 if __name__ == "__main__":

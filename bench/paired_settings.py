@@ -18,17 +18,20 @@ Each question has a name and writes ``bench/results/NAME.{json,md}``:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from functools import partial
 from pathlib import Path
 
-from common import HERE, Row, command_line, finished_seeds, machine, markdown_table, save_rows, versions, with_seeds
+from common import (HERE, Row, RunSpec, command_line, finished_seeds, machine, markdown_table, save_rows, upgrade_run_row,
+                    versions, with_seeds)
 from darec.train.significance import compare_runs
 from darec.train.trainer import seconds_per_epoch
 
 
 def markdown(title: str):
     def table(rows: list[Row]) -> str:
-        cells = [[r["dataset"], r["variant"], r["split"], str(r["seeds"]), f"{r['a']} {r['mean_a']:.4f}", f"{r['b']} {r['mean_b']:.4f}",
+        cells = [[r["dataset"], f"{r['budget']}:{r['variant']}", r["split"], str(r["seeds"]), f"{r['a']} {r['mean_a']:.4f}", f"{r['b']} {r['mean_b']:.4f}",
                   f"{r['difference']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]", f"{r['p_value']:.2g}",
                   f"{r['a_seconds_per_epoch']:.0f}", f"{r['b_seconds_per_epoch']:.0f}"] for r in rows]
         return markdown_table(
@@ -51,20 +54,24 @@ def main() -> None:
     parser.add_argument("--budget", default="cpu")
     parser.add_argument("--variant", default="darec")
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "darec_accuracy")
+    parser.add_argument("--rows", type=Path, default=HERE / "results" / "darec_accuracy.json", help="darec_accuracy.py's "
+                        "results: which seeds each tag finished")
     args = parser.parse_args()
-    run = {side: args.workdir / args.dataset / f"{args.budget}-{args.variant}@{tag}" for side, tag in (("a", args.a), ("b", args.b))}
-    seeds = finished_seeds(run["a"], run["b"])
-    runs = {side: with_seeds(path, seeds) for side, path in run.items()}
+    spec = {side: RunSpec(args.dataset, args.variant, args.budget, tag) for side, tag in (("a", args.a), ("b", args.b))}
+    where = partial(RunSpec.run_dir, workdir=args.workdir)
+    written = [upgrade_run_row(r) for r in json.loads(args.rows.read_text())]
+    seeds = finished_seeds(written, list(spec.values()), where)
+    runs = {side: with_seeds(s, seeds, where) for side, s in spec.items()}
     rows = []
     for split in ("valid", "test"):
         result = compare_runs(runs["a"], runs["b"], "ndcg@10", split=split)
-        rows.append({"dataset": args.dataset, "model": "darec", "variant": f"{args.budget}:{args.variant}", "protocol": "full",
+        rows.append({**RunSpec(args.dataset, args.variant, args.budget).fields(), "model": "darec", "protocol": "full",
                      "split": split, "exclude_history": False, "a": args.a, "b": args.b, "seeds": 1 + len(seeds),
                      **{k: result[k] for k in ("mean_a", "mean_b", "difference", "ci_low", "ci_high", "p_value", "users")},
                      **{f"{side}_seconds_per_epoch": statistics.mean(seconds_per_epoch(r) for r in runs[side]) for side in runs},
                      "machine": machine(), "versions": versions(), "command": command_line()})
     table = markdown(args.title or f"{args.b} vs {args.a}: DARec on a CPU")
-    save_rows(HERE / "results" / f"{args.name}.json", rows, table)
+    save_rows(HERE / "results" / f"{args.name}.json", rows, table, upgrade_run_row)
     print(table(rows))
 
 
