@@ -25,7 +25,6 @@ run (``cpu_mfu`` on CPU). ``6N`` MFU, the usual convention, is kept too.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
 from darec.device import adamw, apply_compile, apply_precision, autocast
+from darec.models.llm.backbone import layer_count
 
 RESULTS = HERE / "results" / "llm_throughput.json"
 SHAPE = HERE / "configs" / "smollm2-135m.json"
@@ -92,8 +92,7 @@ PATHS = {
 
 
 def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, data) -> torch.nn.Module:
-    shape = json.loads(Path(args.shape).read_text()) if Path(args.shape).is_file() else {}
-    layers = args.keep_layers or shape.get("num_hidden_layers", 30)
+    layers = layer_count(f"random:{args.shape}", args.keep_layers or None)
     plan = ", ".join([f"lora:8:dropout={path.lora_dropout:g}"] * layers)
     overrides = ["model=darec", f"backbone=random:{args.shape}", f"item_tokens={args.item_tokens}", f"plan=[{plan}]",
                  f"keep_layers={args.keep_layers}", f"gradient_checkpointing={args.gradient_checkpointing}"]

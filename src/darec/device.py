@@ -124,7 +124,8 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
     if setting == "off" or not regions:
         return False
     if setting == "auto":
-        frozen = sum(p.numel() for n, p in model.named_parameters() if n in pretrained_parameters(model))
+        pretrained = pretrained_parameters(model)
+        frozen = sum(p.numel() for n, p in model.named_parameters() if n in pretrained)
         if frozen < COMPILE_MIN_PARAMETERS or device.type not in ("cpu", "cuda") or not _compiler_works(device):
             return False
     for region in regions:

@@ -71,7 +71,7 @@ def default_run_dir(dataset: str, model: str) -> Path:
 
 
 def train_run(config_path: Optional[Path], model: Optional[str], dataset: Optional[str], overrides: list[str],
-           run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> list[dict]:
+              run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> list[dict]:
     """Train (or resume), then print the metrics table and where the run is; returns the result rows."""
     from darec.train import Trainer, build_config
 
@@ -80,7 +80,7 @@ def train_run(config_path: Optional[Path], model: Optional[str], dataset: Option
             run_dir = resume
             if model or dataset or config_path:
                 fail(ConfigError("--resume continues a run with its own settings: drop --model, --dataset and --config "
-                                  "(--set may extend the budget: epochs, patience, max_minutes)"))
+                                 "(--set may extend the budget: epochs, patience, max_minutes)"))
             trainer = Trainer(None, resume, resume=True, console=err, progress=progress, overrides=overrides)
         else:
             values = load_yaml(config_path) if config_path else {}

@@ -144,7 +144,7 @@ def _no_quick_darec(backbone: str) -> str:
         try:
             smollm2_gguf()
         except BackboneError as exc:
-            return f"{exc} (the README's second command installs it)"
+            return f"{exc} (the README's set-up commands install it)"
     if not (torch.cuda.is_available() or fast_cpu_bf16()):
         return ("no GPU, and this CPU has no native bf16 (AMX/AVX512-BF16): it would take long here; "
                 "`darec train --model darec` runs it anyway")

@@ -44,21 +44,21 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     has finished, so each split of a run is evaluated once)."""
     if split not in SPLITS:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    run_dir = RunDir(run_dir)
-    finished = run_dir.finished()
-    if run_dir.per_user(split).exists() and finished:  # valid only for the final weights
+    folder = RunDir(run_dir)
+    finished = folder.finished()
+    if folder.per_user(split).exists() and finished:  # valid only for the final weights
         try:
-            return run_dir.read_per_user(split)
+            return folder.read_per_user(split)
         except DamagedFile:
             pass  # a cache: computed again from the weights below, and rewritten
     from darec.train.evaluate import evaluate
 
-    run = load_run(run_dir.path)
-    histories, targets = load_run_dataset(run_dir.path, run.config).split(split)
+    run = load_run(run_dir)
+    histories, targets = load_run_dataset(run_dir, run.config).split(split)
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
     if finished:  # an unfinished run's best weights may change
-        run_dir.write_per_user(split, metrics)
+        folder.write_per_user(split, metrics)
     return metrics
 
 

@@ -110,7 +110,7 @@ class Trainer:
                              "the trained parts in fp32; precision=fp32 to turn it off)")
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
         if apply_compile(self.model, self.device, t.compile):
-            self.console.log("compiling the decoder layers (once, in the first steps)")
+            self.console.log("compiling the model's repeated blocks (once, in the first steps)")
         params = [p for p in self.model.parameters() if p.requires_grad]
         trainable, total = trainable_parameters(self.model)
         self.console.log(f"{config.model.name}: {trainable:,} trainable parameters of {total:,}"
