@@ -7,7 +7,7 @@ read by darec_accuracy.py and dynamic_adaption.py.
   is bf16 there): all 30 SmolLM2 layers, 12 title tokens a span, the last 50 items, each
   user's most recent window in batches of 8, 2 epochs, validated during training on 300
   users (the final validation and test use all). On this project's 2-core Xeon an epoch of
-  ml-100k took 34 minutes (other work sharing the machine), so a run is about 1.5 hours.
+  ml-100k averaged 27 minutes (other work sharing the machine), so a run is about 1.5 hours.
 * ``cpu``: what fits a 2-core CPU in about an hour a data set: the first 2 SmolLM2 layers,
   4 title tokens a span, the last 20 items, and only each user's most recent window
   (``windows_per_user=1``) in batches of 8 (more updates from few windows), up to 5

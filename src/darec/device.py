@@ -107,8 +107,8 @@ def apply_precision(model: nn.Module, device: torch.device, precision: str) -> s
 
 def adamw(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel where every parameter lives on a CPU or CUDA device
-    (one kernel for all parameters: about 6x faster a step than the default loop over
-    hundreds of small LoRA tensors on a CPU; the same update)."""
+    (one kernel for all parameters instead of a loop over hundreds of small LoRA tensors;
+    the same update)."""
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
