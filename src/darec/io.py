@@ -53,6 +53,24 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
         raise
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        pyplot().close(fig)
+
+
 def check_writable(folder: Path) -> None:
     """Fail now, naming ``folder``, if files cannot be created in it (read-only, full, not ours)."""
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from darec.config import ConfigError, did_you_mean
 from darec.models import bert4rec, gru4rec, pop, sasrec  # noqa: F401  (registration)
-from darec.models.llm import darec  # noqa: F401  (registration)
+from darec.models.llm import darec, mixrec  # noqa: F401  (registration)
 from darec.models.base import ModelConfig, SequentialRecommender
 from darec.models.registry import MODELS, register
 

@@ -4,7 +4,7 @@ of a batch of histories against the whole catalogue."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,15 @@ class SequentialRecommender(nn.Module):
     def describe(self) -> str:
         """One line on what the model is made of beyond its config (shown when training starts)."""
         return ""
+
+    def epoch_summary(self) -> dict[str, Any]:
+        """What the model reports of itself after a training epoch (JSON values, logged in
+        metrics.jsonl under ``model``), e.g. the share of tokens each expert received."""
+        return {}
+
+    def figures(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """matplotlib figures drawn from an :meth:`epoch_summary`, by name (the trainer saves them in the run directory)."""
+        return {}
 
     def loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from darec.io import atomic_write
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+from darec.io import pyplot, save_figure
 
 
 def plot_progress(trials: list[dict], path: Path) -> None:
     """``trials``: dicts with number, state (complete|pruned|...) and value (None if none)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [t for t in trials if t["value"] is not None]
     for state, marker in (("complete", "o"), ("pruned", "x")):
@@ -41,13 +28,12 @@ def plot_progress(trials: list[dict], path: Path) -> None:
     ax.set_xlabel("trial")
     ax.set_ylabel("validation NDCG@10")
     ax.legend()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_plans(plans: list[tuple[int, list[str]]], choices: list[str], path: Path) -> None:
     """A layers x trials grid coloured by adapter type (sizes in the legend)."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -66,5 +52,4 @@ def plot_plans(plans: list[tuple[int, list[str]]], choices: list[str], path: Pat
     used = sorted({v for row in grid for v in row})
     ax.legend(handles=[Patch(color=cmap(v), label=choices[v] if v < len(choices) else "other") for v in used],
               bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)

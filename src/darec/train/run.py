@@ -48,6 +48,7 @@ CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
 PER_USER = "per_user_{split}.safetensors"  # each user's metrics on a split, full ranking as trained
+FIGURE = "{name}.png"  # a model's picture of its last epoch (e.g. expert_usage.png)
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 # Inside a checkpoint folder, beside its copies of BEST (the epoch's weights) and STATE:
 RNG, OPTIMIZER, OPTIMIZER_META, SCHEDULER = "rng.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"
@@ -61,6 +62,9 @@ class RunDir:
         self.path = Path(path)
         self.config, self.id_map, self.best, self.state, self.metrics, self.results = (
             self.path / name for name in (CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS))
+
+    def figure(self, name: str) -> Path:
+        return self.path / FIGURE.format(name=name)
 
     def per_user(self, split: str) -> Path:
         return self.path / PER_USER.format(split=split)

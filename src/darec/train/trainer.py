@@ -23,7 +23,8 @@ from darec.config import ConfigError
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
-from darec.io import DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json, remove_temporaries, sha256
+from darec.io import (DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json,
+                      remove_temporaries, save_figure, sha256)
 from darec.models import build_model
 from darec.models.base import trainable_parameters
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
@@ -329,6 +330,11 @@ class Trainer:
                 loss = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
                                        "lr": self.optimizer.param_groups[0]["lr"]}  # at the epoch's end
+                summary = self.model.epoch_summary()
+                if summary:
+                    row["model"] = summary
+                    for name, figure in self.model.figures(summary).items():
+                        save_figure(figure, self.run.figure(name))
                 improved = False
                 if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
                     start = time.perf_counter()

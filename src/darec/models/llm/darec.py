@@ -21,7 +21,7 @@ LoRA on every layer by default); see :mod:`darec.models.llm.adapters`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from darec.device import autocast
 from darec.models.base import (Companions, ModelConfig, SequentialRecommender, catalogue_scores, companion, info_nce, last_state,
                                next_item_loss)
 from darec.models.llm.adapters import apply_plan, describe_plan
+from darec.models.llm.adapters.moe import plot_expert_usage, routers
 from darec.models.llm.adapters.peft_methods import rename_old_lora_keys
 from darec.models.llm.backbone import decoder_layers, load_backbone
 from darec.models.llm.masking import item_attention_mask
@@ -54,6 +55,8 @@ class DARecConfig(ModelConfig):
         "lora_dropout": Retired("LoRA dropout is a setting of each lora:R plan entry, e.g. lora:8:dropout=0.05",
                                 lambda value, section: value in (0.0, 0.05)),
     }
+
+    PLAN_SEARCH: ClassVar[str] = "adapters"  # darec search chooses one adapter for each group of layers
 
     name: str = option("darec", "Model name.")
     backbone: str = option("smollm2", "tiny, smollm2 (offline default) or a Hugging Face model directory / hub id.")
@@ -76,7 +79,12 @@ class DARecConfig(ModelConfig):
     lora_r: int = option(8, "LoRA rank on every linear layer of every decoder layer, when no plan is given.", low=1)
     plan: list[str] = option([], "Adapter per decoder layer, e.g. [lora:8, houlsby:64, none, ia3, parallel:32] "
                                  "(empty: lora:<lora_r> on every layer). See darec.models.llm.adapters.")
+    lambda_balance: float = option(0.01, "Weight of the experts' load-balancing loss (plans with moe[...] entries).", low=0)
     gradient_checkpointing: bool = option(False, "Recompute backbone activations in the backward pass (less memory, ~30% slower).")
+
+    def default_entry(self) -> str:
+        """The plan entry of every decoder layer when no plan is given."""
+        return f"lora:{self.lora_r}"
 
     def __post_init__(self) -> None:
         if self.cf_hidden % CF_HEADS:
@@ -110,8 +118,9 @@ class DARec(SequentialRecommender):
             enable({"use_reentrant": False})
         self._encode = backbone.encode  # tokenizer, used once per catalogue in prepare()
         self.llm = backbone.model.base_model
-        self.plan = c.plan or [f"lora:{c.lora_r}"] * len(backbone.layers)
+        self.plan = c.plan or [c.default_entry()] * len(backbone.layers)
         apply_plan(self.llm, self.plan)
+        self.routers = routers(self.llm)  # of the plan's mixtures of experts (a plain list: they are submodules already)
         self.register_load_state_dict_pre_hook(lambda module, state, *_: rename_old_lora_keys(state))  # older runs
         hidden = backbone.hidden_size
         self.text = c.item_input != "id"
@@ -139,6 +148,14 @@ class DARec(SequentialRecommender):
 
     def describe(self) -> str:
         return f"adapter plan by layer: {describe_plan(self.plan)}"
+
+    def epoch_summary(self) -> dict[str, Any]:
+        if not self.routers:
+            return {}
+        return {"expert_usage": {str(r.layer): {"experts": r.experts, "share": r.take_usage()} for r in self.routers}}
+
+    def figures(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"expert_usage": plot_expert_usage(summary["expert_usage"])} if "expert_usage" in summary else {}
 
     def rebuilt_state_keys(self) -> set[str]:
         # The frozen backbone comes back from its source; only adapters and heads are saved.
@@ -196,6 +213,8 @@ class DARec(SequentialRecommender):
         b, l = items.shape
         real = items > 0
         packed = self._pack(items)
+        for router in self.routers:  # routing and its statistics skip padding
+            router.real = packed.item_index >= 0
         # The residual stream in fp32 even when the frozen backbone is held in bf16: autocast runs the
         # matmuls in bf16, and the sums and norms between them keep their precision.
         embeds = self.llm.get_input_embeddings()(packed.ids).float()
@@ -237,6 +256,8 @@ class DARec(SequentialRecommender):
             if not self.config.cf_freeze:
                 loss = loss + next_item_loss(cf_hidden, targets, self.cf.encoder.item_embedding.weight, "ce")
             loss = loss + self.config.lambda_cf * info_nce(self.user_proj(states), cf_hidden[keep].detach(), self.config.temperature)
+        if self.routers and self.config.lambda_balance > 0:
+            loss = loss + self.config.lambda_balance * torch.stack([r.balance for r in self.routers]).mean()
         return loss
 
     def score(self, items: Tensor, lengths: Tensor) -> Tensor:

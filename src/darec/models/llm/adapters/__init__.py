@@ -1,7 +1,7 @@
 """The adapter zoo and layer-wise plans.
 
 A plan is a list with one entry per decoder layer, e.g. ``["lora:8", "houlsby:64",
-"none", "ia3", "parallel:32"]``; :func:`apply_plan` adds every adapter in one call and
+"none", "ia3", "moe[lora:8, houlsby:16]"]``; :func:`apply_plan` adds every adapter in one call and
 leaves trainable exactly the parameters the adapters added.
 
 | entry | method |
@@ -12,6 +12,7 @@ leaves trainable exactly the parameters the adapters added.
 | ``houlsby:b`` | sequential bottleneck adapters of size b after the attention and after the MLP |
 | ``parallel:b`` | a bottleneck adapter of size b beside the MLP |
 | ``prefix:p`` | p learned key/value pairs in front of the layer's attention |
+| ``moe[e1, e2, ...]:k=2`` | a mixture of experts (MixRec): adapters of the kinds above but prefix, routed top-k per token (``routing=sequence``: per sequence); see :mod:`.moe` |
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from darec.config import ConfigError
-from darec.models.llm.adapters import bottleneck, peft_methods, prefix  # noqa: F401  (they register themselves)
+from darec.models.llm.adapters import bottleneck, moe, peft_methods, prefix  # noqa: F401  (they register themselves)
 from darec.models.base import trainable_parameters
 from darec.models.llm.adapters.base import ADAPTERS, LayerAnatomy, anatomy, parse_entry, register_adapter
 

@@ -4,6 +4,8 @@ and a small registry of methods, each with a typed config."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,22 +71,42 @@ def register_adapter(name: str, config: type) -> Callable[[Apply], Apply]:
     return wrap
 
 
+# ``moe[lora:8, ia3]:k=1``: a method whose first field is a list takes it in brackets.
+BRACKETED = re.compile(r"(\w+)\s*\[([^\[\]]*)\](.*)", re.DOTALL)
+
+
 def parse_entry(entry: str, where: str = "plan") -> tuple[str, Any]:
     """``"lora:8"`` -> ("lora", LoraSpec(r=8)); ``"none"`` -> ("none", NoneSpec()); other
-    fields of the method's config as ``key=value`` parts: ``"lora:8:dropout=0"``."""
-    name, *parts = [p.strip() for p in entry.strip().split(":")]
+    fields of the method's config as ``key=value`` parts: ``"lora:8:dropout=0"``; a list in
+    brackets: ``"moe[lora:8, houlsby:16]:k=1"`` -> ("moe", MoESpec(experts=[...], k=1))."""
+    if not isinstance(entry, str):
+        raise ConfigError(f"{where}: expected an adapter entry such as 'lora:8', got {entry!r}")
+    values: dict[str, Any] = {}
+    bracketed = BRACKETED.fullmatch(entry.strip())
+    if bracketed:
+        name, inner, rest = bracketed.groups()
+        if rest.strip() and not rest.strip().startswith(":"):
+            raise ConfigError(f"{where}: expected ':key=value' settings after the brackets of {entry!r}, got {rest!r}")
+        parts = [p.strip() for p in rest.strip().split(":")[1:]]
+    elif "[" in entry or "]" in entry:
+        raise ConfigError(f"{where}: unbalanced or nested brackets in {entry!r}")
+    else:
+        name, *parts = [p.strip() for p in entry.strip().split(":")]
     if name not in ADAPTERS:
         raise ConfigError(f"{where}: unknown adapter {name!r}; choose from {', '.join(sorted(ADAPTERS))}")
     config_cls = ADAPTERS[name][0]
     fields = dataclasses.fields(config_cls)
-    values: dict[str, Any] = {}
+    if bracketed:
+        if not fields or typing.get_origin(typing.get_type_hints(config_cls)[fields[0].name]) is not list:
+            raise ConfigError(f"{where}: {name} takes no bracketed list, got {entry!r}")
+        values[fields[0].name] = [e.strip() for e in inner.split(",") if e.strip()]
     for i, part in enumerate(parts):
         if "=" in part:
             key, value = parse_override(part)
             if key in values:
                 raise ConfigError(f"{where}: {key} given twice in {entry!r}")
             values[key] = value
-        elif i == 0 and fields:  # the size: the method's first field
+        elif i == 0 and fields and not bracketed:  # the size: the method's first field
             try:
                 values[fields[0].name] = int(part)
             except ValueError:

@@ -9,6 +9,7 @@ family without touching its code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,16 @@ class Bottleneck(nn.Module):
         return self.scale * self.up(nn.functional.gelu(self.down(x)))
 
 
-def _add_to_output(adapter: Bottleneck):
+# An expert's routing weight for the tokens at hand, ``[B, T, 1]`` (MixRec's mixtures of
+# experts, see moe.py); None for an adapter that is always on.
+Gate = Callable[[], Tensor] | None
+
+
+def _gated(adapter: Callable[[Tensor], Tensor], gate: Gate) -> Callable[[Tensor], Tensor]:
+    return adapter if gate is None else lambda x: gate() * adapter(x)
+
+
+def _add_to_output(adapter: Callable[[Tensor], Tensor]):
     def hook(module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, tuple):  # attention modules return (output, weights, ...)
             return (output[0] + adapter(output[0]), *output[1:])
@@ -50,7 +60,7 @@ def _add_to_output(adapter: Bottleneck):
     return hook
 
 
-def _add_from_input(adapter: Bottleneck):
+def _add_from_input(adapter: Callable[[Tensor], Tensor]):
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Tensor:
         x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         return output + adapter(x)
@@ -58,19 +68,29 @@ def _add_from_input(adapter: Bottleneck):
     return hook
 
 
+def add_houlsby(owner: nn.Module, layer: LayerAnatomy, spec: HoulsbySpec, hidden: int, gate: Gate = None) -> None:
+    """Bottlenecks after ``layer``'s attention and after its MLP, held by ``owner``."""
+    owner.adapter_attention = Bottleneck(hidden, spec.size)
+    owner.adapter_mlp = Bottleneck(hidden, spec.size)
+    layer.attention.register_forward_hook(_add_to_output(_gated(owner.adapter_attention, gate)))
+    layer.mlp.register_forward_hook(_add_to_output(_gated(owner.adapter_mlp, gate)))
+
+
+def add_parallel(owner: nn.Module, layer: LayerAnatomy, spec: ParallelSpec, hidden: int, gate: Gate = None) -> None:
+    """A bottleneck beside ``layer``'s MLP, held by ``owner``."""
+    owner.adapter_parallel = Bottleneck(hidden, spec.size, spec.scale)
+    layer.mlp.register_forward_hook(_add_from_input(_gated(owner.adapter_parallel, gate)), with_kwargs=True)
+
+
 @register_adapter("houlsby", HoulsbySpec)
 def apply_houlsby(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
     hidden = model.get_input_embeddings().embedding_dim
     for layer, spec in layers:
-        layer.module.adapter_attention = Bottleneck(hidden, spec.size)
-        layer.module.adapter_mlp = Bottleneck(hidden, spec.size)
-        layer.attention.register_forward_hook(_add_to_output(layer.module.adapter_attention))
-        layer.mlp.register_forward_hook(_add_to_output(layer.module.adapter_mlp))
+        add_houlsby(layer.module, layer, spec, hidden)
 
 
 @register_adapter("parallel", ParallelSpec)
 def apply_parallel(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
     hidden = model.get_input_embeddings().embedding_dim
     for layer, spec in layers:
-        layer.module.adapter_parallel = Bottleneck(hidden, spec.size, spec.scale)
-        layer.mlp.register_forward_hook(_add_from_input(layer.module.adapter_parallel), with_kwargs=True)
+        add_parallel(layer.module, layer, spec, hidden)

@@ -75,16 +75,22 @@ def apply_ia3(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None:
 
     targets, feedforward = [], []
     for layer, _ in layers:
-        attention = [n for n in layer.linears_in(layer.attention) if n.rsplit(".", 1)[-1] in KEY_VALUE_NAMES]
-        if not attention:
-            raise ConfigError(f"ia3: no key/value projection in {layer.name} (looked for {', '.join(KEY_VALUE_NAMES)})")
-        # The MLP's output projection(s): IA3 scales their input, the inner activations.
-        down = [n for n, m in layer.linears_in(layer.mlp).items() if _in_features(m) > _out_features(m)]
+        attention, down = ia3_targets(layer)
         targets += [*attention, *down]
         feedforward += down
     config = IA3Config(target_modules=_names_regex(targets), feedforward_modules=_names_regex(feedforward),
                        fan_in_fan_out=_transposed([layer for layer, _ in layers]))
     inject(inject_adapter_in_model, config, model, "ia3")
+
+
+def ia3_targets(layer: LayerAnatomy) -> tuple[list[str], list[str]]:
+    """IA3's linears in ``layer``: the key and value projections (whose outputs it scales) and
+    the MLP's output projection(s) (whose inputs, the inner activations, it scales)."""
+    attention = [n for n in layer.linears_in(layer.attention) if n.rsplit(".", 1)[-1] in KEY_VALUE_NAMES]
+    if not attention:
+        raise ConfigError(f"ia3: no key/value projection in {layer.name} (looked for {', '.join(KEY_VALUE_NAMES)})")
+    down = [n for n, m in layer.linears_in(layer.mlp).items() if in_features(m) > out_features(m)]
+    return attention, down
 
 
 def inject(inject_adapter_in_model: Any, config: Any, model: nn.Module, name: str) -> None:
@@ -99,9 +105,9 @@ def _transposed(layers: list[LayerAnatomy]) -> bool:
     return any(type(m).__name__ == "Conv1D" for layer in layers for m in layer.linears.values())
 
 
-def _in_features(m: nn.Module) -> int:
+def in_features(m: nn.Module) -> int:
     return m.in_features if hasattr(m, "in_features") else m.weight.shape[0]  # Conv1D stores [in, out]
 
 
-def _out_features(m: nn.Module) -> int:
+def out_features(m: nn.Module) -> int:
     return m.out_features if hasattr(m, "out_features") else m.weight.shape[1]
