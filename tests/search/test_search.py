@@ -123,3 +123,55 @@ def test_a_trial_left_running_by_a_killed_search_is_failed_and_its_plan_tried_ag
     trials = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
     assert trials[left.number].state == optuna.trial.TrialState.FAIL
     assert trials[-1].state == optuna.trial.TrialState.COMPLETE and trials[-1].params == left.params  # the same plan, again
+
+
+MIXREC = ["model=mixrec", "backbone=tiny", "item_tokens=4", "max_len=10", "dataset=synthetic-tiny"]
+
+
+def test_the_experts_space_builds_mixtures_and_takes_start_plans() -> None:
+    from darec.search import SearchConfig
+    from darec.search.space import ExpertSpace
+
+    space = ExpertSpace(SearchConfig(experts=["lora:4", "ia3", "houlsby:8"], top_k=[1, 2]))
+    assert space.entry([], 2) == "none" and space.entry(["ia3"], 2) == "ia3"
+    assert space.entry(["lora:4", "ia3", "houlsby:8"], 2) == "moe[lora:4, ia3, houlsby:8]:k=2"
+    assert space.params("moe[lora:4, houlsby:8]:k=1", 3, "w") == {
+        "group_3_lora:4": True, "group_3_ia3": False, "group_3_houlsby:8": True, "group_3_k": 1}
+    assert space.params("none", 0, "w")["group_0_k"] == 1 and not any(
+        v for k, v in space.params("none", 0, "w").items() if k != "group_0_k")
+    for outside in ("moe[lora:8, ia3]", "moe[lora:4, ia3, houlsby:8]:k=3", "moe[lora:4, ia3]:routing=sequence", "prefix:3"):
+        with pytest.raises(ConfigError, match="not in the search space"):
+            space.params(outside, 0, "search.start_with[0]")
+    with pytest.raises(ConfigError, match=r"search.experts\[0\] .*cannot be an expert"):
+        ExpertSpace(SearchConfig(experts=["prefix:3"]))
+
+
+def test_a_mixrec_search_is_killed_and_resumes(tmp_path: Path) -> None:
+    import optuna
+
+    from darec.search import SearchConfig
+    from darec.train import build_config
+
+    run = build_config(overrides=MIXREC)
+    settings = SearchConfig(trials=2, budget=4, rungs=2, sampler="tpe", groups=2, experts=["lora:4", "ia3", "parallel:8"],
+                            start_with=["moe[lora:4, ia3]:k=1"], max_trainable=10**6)
+    search = Search(run, settings, tmp_path / "s")
+    summary = search.run()
+    assert summary["trials"] == 2
+    storage = f"sqlite:///{tmp_path / 's' / 'study.db'}"
+    first = optuna.load_study(study_name="darec-plan", storage=storage).trials[0]
+    assert first.user_attrs["plan"] == ["moe[lora:4, ia3]:k=1"] * 2
+    assert all(entry == "none" or entry.startswith("moe[") or entry in settings.experts
+               for t in optuna.load_study(study_name="darec-plan", storage=storage).trials for entry in t.user_attrs["plan"])
+    # A kill leaves a trial running; the resumed search fails it, proposes its plan again and runs on.
+    study = search._study(create=False)
+    left = study.ask({"group_0_lora:4": optuna.distributions.CategoricalDistribution([False, True])})
+    resumed = Search.resume(tmp_path / "s")
+    resumed.config.trials = 3
+    summary = resumed.run(resume=True)
+    trials = optuna.load_study(study_name="darec-plan", storage=storage).trials
+    assert trials[left.number].state == optuna.trial.TrialState.FAIL and summary["trials"] == 3
+    assert trials[-1].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert trials[-1].params["group_0_lora:4"] == left.params["group_0_lora:4"]
+    best = yaml.safe_load((tmp_path / "s" / "best_plan.yaml").read_text())
+    assert len(best["plan"]) == 2 and (tmp_path / "s" / "plans.png").exists()

@@ -40,7 +40,8 @@ def train(
 @app.command()
 def search(
     out: Annotated[Path, typer.Argument(help="Search directory (study, trial runs, best_plan.yaml, pictures).")],
-    model: Annotated[Optional[str], typer.Option(help="Model whose adapter plan is searched (darec).")] = "darec",
+    model: Annotated[Optional[str], typer.Option(help="Model whose adapter plan is searched: darec "
+                                                       "(an adapter a group of layers) or mixrec (a mixture of experts a group).")] = "darec",
     dataset: Annotated[Optional[str], typer.Option(help="Named data set, synthetic[-size], or a path.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with data/model/train sections.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key=value or section.key=value (repeatable).")] = None,
@@ -53,8 +54,16 @@ def search(
     groups: Annotated[int, typer.Option(help="Groups of consecutive layers sharing one choice (0 = auto, at most 6).")] = 0,
     minutes: Annotated[float, typer.Option(help="Start no new trial after this many minutes (0 = no limit).")] = 0.0,
     valid_users: Annotated[int, typer.Option(help="Score trials on a fixed sample of this many validation users (0 = all).")] = 0,
+    choice: Annotated[Optional[list[str]], typer.Option(
+        "--choice", help="An adapter a group may take (repeatable; default: the zoo, see `darec config show`).")] = None,
+    expert: Annotated[Optional[list[str]], typer.Option(
+        "--expert", help="An expert a group's mixture may hold, for mixrec (repeatable; default lora:8, houlsby:16, "
+                         "parallel:16, ia3).")] = None,
+    top_k: Annotated[Optional[list[int]], typer.Option("--top-k", help="A k a group's mixture may take, for mixrec "
+                                                       "(repeatable; default 1 and 2).")] = None,
     start_with: Annotated[Optional[list[str]], typer.Option(
-        "--start-with", help="A choice tried first as a uniform plan, e.g. lora:8 (repeatable; with --resume, added).")] = None,
+        "--start-with", help="An entry tried first as a uniform plan, e.g. lora:8 or 'moe[lora:8, ia3]:k=1' (repeatable; "
+                             "with --resume, added).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search in OUT (its saved settings; --trials may raise the total).")] = False,
 ) -> None:
     """Search the layer-wise adapter plan by Bayesian optimisation on validation NDCG@10."""
@@ -74,7 +83,9 @@ def search(
             settings = from_dict(SearchConfig, {  # checked like any config: bad values named at the door
                 "trials": 20 if trials is None else trials, "budget": budget, "rungs": rungs, "sampler": sampler,
                 "pruner": pruner, "max_trainable": max_trainable, "groups": groups, "minutes": minutes,
-                "valid_users": valid_users, "start_with": start_with or []}, "search")
+                "valid_users": valid_users, "start_with": start_with or [],
+                **{key: value for key, value in (("choices", choice), ("experts", expert), ("top_k", top_k)) if value}},
+                "search")
             runner = Search(run, settings, out, console=err)
         summary = runner.run(resume=resume)
     except USER_ERRORS as exc:

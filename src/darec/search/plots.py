@@ -32,7 +32,7 @@ def plot_progress(trials: list[dict], path: Path) -> None:
 
 
 def plot_plans(plans: list[tuple[int, list[str]]], choices: list[str], path: Path) -> None:
-    """A layers x trials grid coloured by adapter type (sizes in the legend)."""
+    """A layers x trials grid coloured by plan entry (``choices``: the legend's order)."""
     plt = pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -43,7 +43,7 @@ def plot_plans(plans: list[tuple[int, list[str]]], choices: list[str], path: Pat
     grid = [[choices.index(entry) if entry in choices else len(choices) for entry in plan] for _, plan in plans]
     n_layers = len(plans[0][1])
     fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(plans) + 3), max(3, 0.2 * n_layers + 1.5)))
-    cmap = ListedColormap(list(colours[: len(choices) + 1]))
+    cmap = ListedColormap([colours[i % len(colours)] for i in range(len(choices) + 1)])
     ax.imshow([list(col) for col in zip(*grid)], aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=len(choices))
     ax.set_xticks(range(len(plans)), [str(n) for n, _ in plans], fontsize=7)
     ax.set_yticks(range(n_layers), [str(i) for i in range(n_layers)], fontsize=7)

@@ -28,10 +28,10 @@ from rich.console import Console
 from darec.config import ConfigError, from_dict, load_yaml, to_dict
 from darec.io import atomic_write_text
 from darec.models.base import trainable_parameters
-from darec.models.llm.adapters import describe_plan, parse_plan
+from darec.models.llm.adapters import describe_plan
 from darec.models.llm.backbone import layer_count
 from darec.search.plots import plot_plans, plot_progress
-from darec.search.space import SearchConfig, layer_groups, plan_from_choices
+from darec.search.space import SPACES, SearchConfig, layer_groups, plan_from_choices
 from darec.train.config import RunConfig, build_config
 
 STUDY, SETTINGS, BEST_PLAN = "study.db", "search.yaml", "best_plan.yaml"
@@ -68,11 +68,10 @@ class Search:
 
     def __init__(self, run: RunConfig, search: SearchConfig, out: str | Path, console: Console | None = None):
         if not hasattr(run.model, "plan"):
-            raise ConfigError(f"model {run.model.name!r} has no adapter plan to search (use darec or e4srec)")
+            raise ConfigError(f"model {run.model.name!r} has no adapter plan to search (use darec, e4srec or mixrec)")
         self.run_config, self.config, self.out = run, search, Path(out)
         self.console = console or Console(stderr=True, log_path=False)
-        for i, choice in enumerate(search.choices):
-            parse_plan([choice], 1, f"search.choices[{i}]")
+        self.space = SPACES[type(run.model).PLAN_SEARCH](search)
         self.n_layers = layer_count(run.model.backbone, run.model.keep_layers or None)
         self.groups = layer_groups(self.n_layers, search.groups)
 
@@ -124,10 +123,8 @@ class Search:
     def _enqueue_start_plans(self, study) -> None:
         """Queue each ``start_with`` choice as a uniform plan, unless the study already holds it (a resumed search)."""
         seen = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
-        for i, choice in enumerate(self.config.start_with):
-            if choice not in self.config.choices:
-                raise ConfigError(f"search.start_with[{i}]: {choice!r} is not one of search.choices {self.config.choices}")
-            params = {f"group_{g}": choice for g in range(len(self.groups))}
+        for i, entry in enumerate(self.config.start_with):
+            params = {k: v for g in range(len(self.groups)) for k, v in self.space.params(entry, g, f"search.start_with[{i}]").items()}
             if params not in seen:
                 study.enqueue_trial(params)
                 seen.append(params)
@@ -136,13 +133,13 @@ class Search:
         import optuna
         from darec.train import Trainer
 
-        choices = [trial.suggest_categorical(f"group_{g}", self.config.choices) for g in range(len(self.groups))]
-        plan = plan_from_choices(choices, self.groups)
+        plan = plan_from_choices([self.space.suggest(trial, g) for g in range(len(self.groups))], self.groups)
         trial.set_user_attr("plan", plan)
-        # Samplers re-propose plans they have seen (the GP sampler does, near its optimum): reuse, do not retrain.
+        # Samplers re-propose plans they have seen (the GP sampler does, near its optimum), and in the experts
+        # space several proposals make one plan (k beyond the experts held): reuse, do not retrain.
         for past in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                    optuna.trial.TrialState.PRUNED)):
-            if past.params == trial.params:
+            if past.user_attrs.get("plan") == plan:
                 trial.set_user_attr("same_as", past.number)
                 self.console.log(f"trial {trial.number}: {describe_plan(plan)}, as trial {past.number}: not trained again")
                 if past.state == optuna.trial.TrialState.PRUNED:
@@ -190,7 +187,8 @@ class Search:
                 {"plan": best["plan"], "valid_ndcg@10": best["value"], "trial": best["number"],
                  "trainable_parameters": best["trainable_parameters"]}, sort_keys=False))
         plot_progress(trials, self.out / "progress.png")
-        plot_plans([(t["number"], t["plan"]) for t in trials if t["plan"]], self.config.choices, self.out / "plans.png")
+        plans = [(t["number"], t["plan"]) for t in trials if t["plan"]]
+        plot_plans(plans, list(dict.fromkeys(entry for _, plan in plans for entry in plan)), self.out / "plans.png")
         return summary
 
 
