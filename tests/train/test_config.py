@@ -46,6 +46,9 @@ def test_types_are_checked() -> None:
         build_config(overrides=["loss=mse"])
     with pytest.raises(ConfigError, match="expected true or false"):
         build_config(overrides=["deterministic=maybe"])
+    # YAML reads a bare on/off as a boolean; a choice of on/off takes it as written.
+    assert build_config(overrides=["compile=on"]).train.compile == "on"
+    assert build_config(overrides=["compile=off"]).train.compile == "off"
 
 
 def test_model_section_follows_model_name_and_roundtrips(tmp_path: Path) -> None:

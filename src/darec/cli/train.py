@@ -97,7 +97,7 @@ def search(
 
     console.print(f"best of {summary['trials']} trials: valid NDCG@10 {summary['best_value']:.4f} (trial {summary['best_trial']}, "
                   f"{summary['trainable_parameters']:,} trainable parameters)")
-    console.print(f"plan: {describe_plan(summary['plan'])}")
+    console.print(f"plan: {describe_plan(summary['plan'])}", markup=False)
     console.print(f"written to [bold]{out / 'best_plan.yaml'}[/] (train with `darec train --plan {out / 'best_plan.yaml'} ...`); "
                   f"pictures: {out / 'progress.png'}, {out / 'plans.png'}")
 

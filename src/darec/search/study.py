@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from darec.config import ConfigError, from_dict, load_yaml, to_dict
 from darec.io import atomic_write_text
@@ -141,7 +142,7 @@ class Search:
                                                                    optuna.trial.TrialState.PRUNED)):
             if past.user_attrs.get("plan") == plan:
                 trial.set_user_attr("same_as", past.number)
-                self.console.log(f"trial {trial.number}: {describe_plan(plan)}, as trial {past.number}: not trained again")
+                self.console.log(f"trial {trial.number}: {escape(describe_plan(plan))}, as trial {past.number}: not trained again")
                 if past.state == optuna.trial.TrialState.PRUNED:
                     raise optuna.TrialPruned(f"the plan of pruned trial {past.number}")
                 return float(past.value)
@@ -155,7 +156,7 @@ class Search:
         trainer = Trainer(run, self.out / "trials" / f"trial-{trial.number}", console=self.console, progress=False)
         trainable, _ = trainable_parameters(trainer.model)
         trial.set_user_attr("trainable_parameters", trainable)
-        self.console.log(f"trial {trial.number}: {describe_plan(plan)} ({trainable:,} trainable)")
+        self.console.log(f"trial {trial.number}: {escape(describe_plan(plan))} ({trainable:,} trainable)")
         if self.config.max_trainable and trainable > self.config.max_trainable:
             raise optuna.TrialPruned(f"{trainable:,} trainable parameters, over the cap of {self.config.max_trainable:,}")
 

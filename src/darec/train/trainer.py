@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from darec.config import ConfigError
@@ -115,7 +116,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         trainable, total = trainable_parameters(self.model)
         self.console.log(f"{config.model.name}: {trainable:,} trainable parameters of {total:,}"
-                         f"{'; ' + self.model.describe() if self.model.describe() else ''}")
+                         f"{'; ' + escape(self.model.describe()) if self.model.describe() else ''}")
         self.generator = torch.Generator().manual_seed(t.seed)
         self.deadline: float | None = None  # set by fit() from max_minutes
         context = int(config.data.window_overlap * config.data.max_len)

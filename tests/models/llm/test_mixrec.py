@@ -80,3 +80,15 @@ def test_trains_logs_expert_usage_and_reloads_exactly(tmp_path: Path) -> None:
         assert torch.equal(trainer.model.score(items, lengths), loaded.model.score(items, lengths))
     recommender = Recommender(tmp_path / "run", device="cpu")
     assert len(recommender.top_k(recommender.item_ids[1:4], k=5)) == 5
+
+
+def test_the_cli_trains_it_and_shows_the_plan_as_written(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from darec.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--model", "mixrec", "--dataset", "synthetic-tiny", "--run-dir", str(tmp_path / "r"),
+                                      "--set", "backbone=tiny", "--set", "item_tokens=4", "--set", "epochs=1",
+                                      "--set", "moe=moe[lora:4, ia3]:k=1"])
+    assert result.exit_code == 0, result.output
+    assert "0-1 moe[lora:4, ia3]:k=1" in " ".join(result.output.split())
