@@ -9,6 +9,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,6 +21,8 @@ import torch
 
 from darec.io import atomic_write_json, atomic_write_text
 from darec.config import parse_override
+from darec.search import Search
+from darec.search.study import STUDY
 from darec.train import Trainer, build_config
 from darec.train.config import config_keys
 from darec.train.run import RunDir, load_run
@@ -223,3 +226,22 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
         out.append(row)
     return out
+
+
+def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search], minutes: float) -> dict[str, Any]:
+    """Run (or resume) the plan search in ``search_dir``, ``new()`` making it the first time;
+    return its summary with ``seconds``: its wall time over every invocation (kept in
+    ``summary_file``, which also records the summary)."""
+    import yaml
+
+    earlier = yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0
+    start = time.perf_counter()
+    if (search_dir / STUDY).exists():
+        runner = Search.resume(search_dir)
+        runner.config.minutes = minutes
+        summary = runner.run(resume=True)
+    else:
+        summary = new().run()
+    summary = {**summary, "seconds": earlier + time.perf_counter() - start}
+    summary_file.write_text(yaml.safe_dump(summary))
+    return summary

@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 import yaml
 
 from budgets import BUDGETS
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, markdown_table,
-                    save_rows, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
+                    save_rows, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
-from darec.search.study import STUDY
 from darec.search.space import DEFAULT_CHOICES
 from darec.train import Trainer, build_config
 from darec.train.run import RunDir
@@ -112,29 +110,20 @@ def main() -> None:
         summary = yaml.safe_load(summary_file.read_text())
         search_seconds, plans = summary["seconds"], {"searched": summary["plan"], **uniform}
     elif "searched" in args.plans:
-        # Seconds of earlier invocations of this search (it resumes), so the row has its whole wall time.
-        start = time.perf_counter() - (yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0)
-        if (search_dir / STUDY).exists():
-            runner = Search.resume(search_dir)
-            runner.config.minutes = args.search_minutes
-            summary = runner.run(resume=True)
-        else:
-            # Uniform LoRA is the first trial: the search is measured against it at its own budget too.
-            lora = f"lora:{args.lora_r}"
-            choices = DEFAULT_CHOICES if lora in DEFAULT_CHOICES else [*DEFAULT_CHOICES, lora]
-            runner = Search(build_config(overrides=base_overrides),
-                            SearchConfig(trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices,
-                                         start_with=[lora], minutes=args.search_minutes,
-                                         valid_users=args.search_valid_users), search_dir)
-            summary = runner.run()
-        search_seconds = time.perf_counter() - start
+        # Uniform LoRA is the first trial: the search is measured against it at its own budget too.
+        lora = f"lora:{args.lora_r}"
+        choices = DEFAULT_CHOICES if lora in DEFAULT_CHOICES else [*DEFAULT_CHOICES, lora]
+        summary = timed_search(search_dir, summary_file, lambda: Search(
+            build_config(overrides=base_overrides), SearchConfig(
+                trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices, start_with=[lora],
+                minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir), args.search_minutes)
+        search_seconds = summary["seconds"]
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
         plans = {"searched": summary["plan"], **uniform}
         for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
             shutil.copyfile(search_dir / picture,
                             args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}{suffix}-{picture}")
-        summary_file.write_text(yaml.safe_dump({**summary, "seconds": search_seconds, "cap": cap}))
     specs = {name: RunSpec(args.dataset, name, args.budget, args.tag if name == "searched" else "", args.seed) for name in plans}
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*base_overrides, *seed, f"plan={plan}"]

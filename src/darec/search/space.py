@@ -72,6 +72,9 @@ class AdapterSpace:
             parse_plan([choice], 1, f"search.choices[{i}]")
         self.config = config
 
+    def describe(self) -> str:
+        return f"{len(self.config.choices)} choices each"
+
     def suggest(self, trial: Any, group: int) -> str:
         return trial.suggest_categorical(f"group_{group}", self.config.choices)
 
@@ -91,6 +94,9 @@ class ExpertSpace:
         if not config.top_k or min(config.top_k) < 1:
             raise ConfigError(f"search.top_k: give values of k of 1 or more, got {config.top_k}")
         self.config = config
+
+    def describe(self) -> str:
+        return f"a mixture of any of {', '.join(self.config.experts)} each, k in {self.config.top_k}"
 
     def suggest(self, trial: Any, group: int) -> str:
         held = [e for e in self.config.experts if trial.suggest_categorical(f"group_{group}_{e}", [False, True])]

@@ -112,8 +112,8 @@ class Search:
         self._enqueue_start_plans(study)
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         finished = len(study.get_trials(deepcopy=False, states=states))
-        self.console.log(f"plan search: {self.n_layers} layers in {len(self.groups)} groups, {len(self.config.choices)} "
-                         f"choices each; {max(0, self.config.trials - finished)} trial(s) to run of {self.config.trials}")
+        self.console.log(f"plan search: {self.n_layers} layers in {len(self.groups)} groups, {self.space.describe()}; "
+                         f"{max(0, self.config.trials - finished)} trial(s) to run of {self.config.trials}")
         deadline = time.monotonic() + 60 * self.config.minutes if self.config.minutes else None
         while finished < self.config.trials and (deadline is None or time.monotonic() < deadline):
             study = self._study(create=False, finished=finished)  # a sampler seeded for this trial (see _sampler)
