@@ -3,6 +3,7 @@ several processes may add rows to, and one darec training run turned into flat r
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -185,6 +186,15 @@ def with_seeds(spec: RunSpec, seeds: list[int], where: Callable[[RunSpec], Path]
     return [where(spec), *(where(replace(spec, seed=s)) for s in seeds)]
 
 
+def main_rows(rows: list[Row]) -> Iterator[tuple[Row, Row]]:
+    """Each run's test row (full ranking, history kept) with its validation row ({} if none)."""
+    for r in rows:
+        if r["split"] != "test" or r["protocol"] != "full" or r["exclude_history"]:
+            continue
+        yield r, next((x for x in rows if RunSpec.of(r).holds(x) and x["split"] == "valid"
+                       and x["protocol"] == "full" and not x["exclude_history"]), {})
+
+
 def versus_cell(row: Row, name: str) -> str:
     if f"vs_{name}" not in row:
         return "-"
@@ -226,6 +236,19 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
         out.append(row)
     return out
+
+
+def search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that searches plans: data set, budget and the search's own."""
+    from budgets import BUDGETS
+
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--search-steps", type=int, default=200, help="training steps per search trial")
+    parser.add_argument("--search-minutes", type=float, default=0, help="start no new trial after this many minutes")
+    parser.add_argument("--search-valid-users", type=int, default=0,
+                        help="score search trials on a fixed sample of this many validation users (0 = all)")
 
 
 def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search], minutes: float) -> dict[str, Any]:

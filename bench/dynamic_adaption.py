@@ -22,8 +22,9 @@ from pathlib import Path
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, markdown_table,
-                    save_rows, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, main_rows, markdown_table,
+                    save_rows, search_arguments, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell,
+                    with_seeds)
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
@@ -44,11 +45,7 @@ def trainable(overrides: list[str], run_dir: Path) -> int:
 
 def markdown(rows: list[Row]) -> str:
     cells = []
-    for r in rows:
-        if r["split"] != "test" or r["protocol"] != "full" or r["exclude_history"]:
-            continue
-        valid = next((x for x in rows if RunSpec.of(r).holds(x) and x["split"] == "valid"
-                      and x["protocol"] == "full" and not x["exclude_history"]), {})
+    for r, valid in main_rows(rows):
         cells.append([r["dataset"], r["budget"], r["name"], f"{r['trainable_parameters']:,}", f"{valid.get('ndcg@10', float('nan')):.4f}",
                       f"{r['ndcg@10']:.4f}", f"{r['hit@10']:.4f}", epochs_cell(r),
                       f"{r['search_seconds']:.0f}" if r.get("search_seconds") else "", versus_cell(r, "uniform_lora"),
@@ -66,16 +63,10 @@ def markdown(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--search-steps", type=int, default=200, help="training steps per search trial")
+    search_arguments(parser)
     parser.add_argument("--lora-r", type=int, default=8, help="rank of the uniform LoRA plan (the parameter cap)")
     parser.add_argument("--houlsby", type=int, default=64, help="size of the uniform Houlsby plan")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
-    parser.add_argument("--search-minutes", type=float, default=0, help="start no new trial after this many minutes")
-    parser.add_argument("--search-valid-users", type=int, default=0,
-                        help="score search trials on a fixed sample of this many validation users (0 = all)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
     parser.add_argument("--tag", default="", help="name a second search with other search settings: its search, run and "

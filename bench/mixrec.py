@@ -33,7 +33,7 @@ import yaml
 
 from budgets import BUDGETS
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, machine, markdown_table, save_rows,
-                    timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell)
+                    main_rows, search_arguments, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell)
 from dynamic_adaption import trainable
 from darec.models.llm.adapters import describe_plan
 from darec.models.llm.backbone import layer_count
@@ -60,11 +60,7 @@ def reference(args: argparse.Namespace, name: str, seed: int) -> Path:
 
 def markdown(rows: list[Row]) -> str:
     cells = []
-    for r in rows:
-        if r["split"] != "test" or r["protocol"] != "full" or r["exclude_history"]:
-            continue
-        valid = next((x for x in rows if RunSpec.of(r).holds(x) and x["split"] == "valid"
-                      and x["protocol"] == "full" and not x["exclude_history"]), {})
+    for r, valid in main_rows(rows):
         pooled = [f"{versus_cell(r, f'{n}_seeds')} ({r[f'vs_{n}_seeds_runs']} seeds)" if f"vs_{n}_seeds" in r else "-"
                   for n in COMPARED]
         cells.append([r["dataset"], r["budget"], r["name"], f"{r['trainable_parameters']:,}", f"{valid.get('ndcg@10', float('nan')):.4f}",
@@ -108,13 +104,7 @@ def pool_seeds(args: argparse.Namespace, run: RunSpec) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--search-steps", type=int, default=200, help="training steps per search trial")
-    parser.add_argument("--search-minutes", type=float, default=0, help="start no new trial after this many minutes")
-    parser.add_argument("--search-valid-users", type=int, default=0,
-                        help="score search trials on a fixed sample of this many validation users (0 = all)")
+    search_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="train the searched plan again under this seed (the search is "
                         "not run again)")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -47,23 +49,29 @@ def test_each_adapter_trains_freezes_the_rest_and_reloads(entry: str) -> None:
     assert torch.allclose(_out(model, x), before, atol=1e-5) != (entry in CHANGES_OUTPUT_AT_INIT)
     if entry == "none":
         return
+    trains_and_reloads(model, [entry, entry], x, target)
+
+
+def trains_and_reloads(model: torch.nn.Module, plan: list[str], x: torch.Tensor, target: torch.Tensor,
+                       extra_loss: Callable[[], torch.Tensor] = lambda: torch.tensor(0.0)) -> None:
+    """A few steps lower the loss and leave the frozen weights alone; the trainable weights
+    alone, loaded into a fresh model with the same plan, give the same outputs."""
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     losses = []
     for _ in range(15):
-        loss = torch.nn.functional.mse_loss(_out(model, x), target)
+        loss = torch.nn.functional.mse_loss(_out(model, x), target) + extra_loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
-    # Save the adapters alone and load them into a fresh model with the same plan.
     model.eval()
     saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    fresh = _llama(2)
-    apply_plan(fresh, [entry, entry])
+    fresh = _llama(len(plan))
+    apply_plan(fresh, plan)
     missing, unexpected = fresh.load_state_dict(saved, strict=False)
     assert not unexpected and all(n not in saved for n in missing)
     assert torch.allclose(_out(fresh.eval(), x), _out(model, x), atol=1e-6)

@@ -8,7 +8,7 @@ from darec.models.llm.adapters import apply_plan, parse_plan, trainable_paramete
 from darec.models.llm.adapters.base import parse_entry
 from darec.models.llm.adapters.moe import MoESpec, Router, balance_loss, routers
 
-from .test_adapters import PER_LAYER, _llama, _out
+from .test_adapters import PER_LAYER, _llama, _out, trains_and_reloads
 
 HIDDEN = 64
 
@@ -158,23 +158,5 @@ def test_a_mixed_plan_trains_saves_and_reloads() -> None:
     plan = ["moe[lora:4, houlsby:8, ia3]:k=2", "parallel:8", "none"]
     model = _llama(3)
     apply_plan(model, plan)
-    x, target = torch.randn(3, 7, HIDDEN), torch.randn(3, 7, HIDDEN)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    losses = []
-    for _ in range(15):
-        loss = torch.nn.functional.mse_loss(_out(model, x), target) + 0.01 * routers(model)[0].balance
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
-    model.eval()
-    saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    fresh = _llama(3)
-    apply_plan(fresh, plan)
-    missing, unexpected = fresh.load_state_dict(saved, strict=False)
-    assert not unexpected and all(n not in saved for n in missing)
-    assert torch.equal(_out(fresh.eval(), x), _out(model, x))
+    (router,) = routers(model)
+    trains_and_reloads(model, plan, torch.randn(3, 7, HIDDEN), torch.randn(3, 7, HIDDEN), lambda: 0.01 * router.balance)
