@@ -129,3 +129,33 @@ def recommend(
     for rank, rec in enumerate(recs, start=1):
         table.add_row(str(rank), rec["item"], f"{rec['score']:.3f}", rec["title"])
     console.print(table)
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 serves every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    token: Annotated[Optional[str], typer.Option(envvar="DAREC_TOKEN", help="Bearer token every endpoint but /health "
+                                                 "requires (or the DAREC_TOKEN environment variable); none: no auth.")] = None,
+    batching: Annotated[bool, typer.Option(help="Gather concurrent requests into one forward pass.")] = True,
+    max_batch: Annotated[int, typer.Option(help="Most histories in one forward pass.", min=1)] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.", min=0)] = 2.0,
+    max_history: Annotated[int, typer.Option(help="Most items in one history.", min=1)] = 1000,
+) -> None:
+    """Serve a run over HTTP: POST /recommend, /recommend/batch; GET /items, /health, /metrics, /docs, and a page at /."""
+    import uvicorn
+
+    from darec.serve import Recommender
+    from darec.serve.app import ServeSettings, create_app
+
+    try:
+        recommender = Recommender(run_dir, device=device)
+    except USER_ERRORS as exc:
+        fail(exc)
+    settings = ServeSettings(token=token or "", batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             max_history=max_history)
+    err.print(f"serving {run_dir} ({recommender.config.model.name}, {recommender.n_items:,} items) on http://{host}:{port} "
+              f"- docs at /docs{', bearer token required' if token else ''}")
+    uvicorn.run(create_app(recommender, settings), host=host, port=port, log_level="warning")

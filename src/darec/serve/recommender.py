@@ -1,7 +1,9 @@
-"""Load a run once, answer many requests: original item ids in, original ids and titles out."""
+"""Load a run once, answer many requests: original item ids (or titles) in, original ids and
+titles out; a batch of histories is scored in one forward pass, padded once."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +19,82 @@ class Recommender:
     def __init__(self, run_dir: str | Path, device: str = "auto"):
         self.run_dir = Path(run_dir)
         loaded = load_run(self.run_dir, device)
-        self.model, self.config = loaded.model, loaded.config
+        self.model, self.config, self.run_state = loaded.model, loaded.config, loaded.state
+        self.model.eval()
         self.item_ids = loaded.id_map["items"]
         self.titles = loaded.id_map.get("item_text") or [""] * len(self.item_ids)
         self.index = {item: i for i, item in enumerate(self.item_ids) if i > 0}
+        # Titles that name one item only (a title two items share cannot stand for either).
+        by_title: dict[str, list[int]] = {}
+        for i, title in enumerate(self.titles[1:], start=1):
+            if title:
+                by_title.setdefault(title, []).append(i)
+        self.title_index = {title: items[0] for title, items in by_title.items() if len(items) == 1}
         self.device = next(iter(self.model.state_dict().values())).device
 
-    def internal(self, history: list[str]) -> np.ndarray:
-        unknown = [h for h in history if h not in self.index]
-        if unknown:
-            raise UnknownKey(f"unknown item id(s) {', '.join(map(repr, unknown[:5]))}: not in the catalogue of {self.run_dir}")
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1  # index 0 is padding
+
+    def internal(self, history: list[str], titles: bool = False) -> np.ndarray:
+        """A history's internal ids; with ``titles``, an entry may also be an item's exact title."""
         if not history:
             raise InputError("the history is empty: give at least one item id")
-        return np.array([self.index[h] for h in history], dtype=np.int64)
+        out, unknown = [], []
+        for h in history:
+            i = self.index.get(h) or (self.title_index.get(h) if titles else None)
+            if i is None:
+                unknown.append(h)
+            out.append(i)
+        if unknown:
+            raise UnknownKey(self._unknown(unknown, titles))
+        return np.array(out, dtype=np.int64)
 
-    @torch.no_grad()
-    def top_k(self, history: list[str], k: int = 10, include_seen: bool = False) -> list[dict[str, Any]]:
+    def _unknown(self, unknown: list[str], titles: bool) -> str:
+        message = f"unknown item id(s) {', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}: not in the " \
+                  f"catalogue of {self.run_dir.name}"
+        if titles and self.title_index:
+            close = {u: difflib.get_close_matches(u, self.title_index, n=3, cutoff=0.6) for u in unknown[:5]}
+            hints = [f"{u!r}: did you mean {', '.join(map(repr, c))}?" for u, c in close.items() if c]
+            message += ("; " + "; ".join(hints)) if hints else " (nor an item title)"
+        return message
+
+    def check_k(self, k: int) -> None:
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
-        seq = self.internal(history)
-        items, lengths = pad_right([seq], self.model.max_len)
-        scores = self.model.score(torch.from_numpy(items).to(self.device), torch.from_numpy(lengths).to(self.device))[0].float().clone()
-        scores[0] = float("-inf")
-        if not include_seen:
-            scores[torch.from_numpy(seq).to(self.device)] = float("-inf")
-        left = int(torch.isfinite(scores).sum())
-        if not left:
-            raise InputError(f"nothing left to recommend: the history holds all {len(self.item_ids) - 1} items of the "
-                             "catalogue (include seen items to rank them anyway)")
-        k = min(k, left)
-        values, indices = scores.topk(k)
-        return [{"item": self.item_ids[i], "score": float(v), "title": self.titles[i]} for v, i in zip(values.tolist(), indices.tolist())]
+        if k > self.n_items:
+            raise InputError(f"k={k} is more than the {self.n_items} items of the catalogue")
+
+    @torch.no_grad()
+    def top_k_batch(self, histories: list[np.ndarray], ks: list[int], include_seen: list[bool]) -> list[list[dict[str, Any]]]:
+        """Top-k for each internal-id history, all scored in one forward pass (empty where the
+        history holds the whole catalogue and seen items are left out)."""
+        items, lengths = pad_right(histories, self.model.max_len)
+        scores = self.model.score(torch.from_numpy(items).to(self.device), torch.from_numpy(lengths).to(self.device)).float()
+        scores[:, 0] = float("-inf")
+        for row, (seq, seen) in enumerate(zip(histories, include_seen)):
+            if not seen:
+                scores[row, torch.from_numpy(seq).to(self.device)] = float("-inf")
+        top = scores.topk(min(max(ks), scores.size(1)), dim=1)
+        out = []
+        for row, k in enumerate(ks):
+            values, indices = top.values[row, :k].tolist(), top.indices[row, :k].tolist()
+            out.append([{"item": self.item_ids[i], "score": v, "title": self.titles[i]}
+                        for v, i in zip(values, indices) if v > float("-inf")])
+        return out
+
+    def nothing_left(self) -> InputError:
+        return InputError(f"nothing left to recommend: the history holds all {self.n_items} items of the catalogue "
+                          "(include seen items to rank them anyway)")
+
+    def top_k(self, history: list[str], k: int = 10, include_seen: bool = False) -> list[dict[str, Any]]:
+        """Top-k next items after ``history`` (original ids, oldest first), k at most what is left."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        recs = self.top_k_batch([self.internal(history)], [min(k, self.n_items)], [include_seen])[0]
+        if not recs:
+            raise self.nothing_left()
+        return recs
 
 
 def recommend(run_dir: str | Path, history: list[str], k: int = 10, include_seen: bool = False) -> list[dict[str, Any]]:

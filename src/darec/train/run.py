@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,7 @@ class LoadedRun:
     config: RunConfig
     model: SequentialRecommender
     id_map: dict[str, list[str]]
+    state: dict[str, Any] = field(default_factory=dict)  # trainer_state.json, where there is one
 
 
 def check_same_data(run_dir: Path, dataset: SequenceDataset, state: dict[str, Any] | None = None) -> None:
@@ -255,4 +256,4 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     load_model_state(model, weights)
     model.to(target).eval()
     apply_precision(model, target, config.train.precision)  # evaluated as it was trained
-    return LoadedRun(config, model, id_map)
+    return LoadedRun(config, model, id_map, state or {})
