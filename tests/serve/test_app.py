@@ -137,3 +137,34 @@ def test_concurrent_requests_are_answered_as_alone(recommender: Recommender, bat
     total = next(s.value for s in sizes if s.name == "darec_batch_size_sum")
     assert total == 24
     assert (count < 24) if batching else (count == 24)  # batched: fewer forward passes than requests
+
+
+def test_darec_serve_answers_on_loopback(recommender: Recommender) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    darec = Path(sys.executable).with_name("darec")
+    server = subprocess.Popen([str(darec), "serve", str(recommender.run_dir), "--port", str(port), "--device", "cpu",
+                               "--token", "t0k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert health is not None and health.json()["items"] == recommender.n_items, server.poll()
+        url = f"http://127.0.0.1:{port}/recommend"
+        assert httpx.post(url, json={"history": recommender.item_ids[1:3]}).status_code == 401
+        answer = httpx.post(url, json={"history": recommender.item_ids[1:3], "k": 2}, headers={"Authorization": "Bearer t0k"})
+        assert same([answer.json()["items"]], [recommender.top_k(recommender.item_ids[1:3], k=2)])
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"on http://127.0.0.1:{port}" in " ".join(output.split())
