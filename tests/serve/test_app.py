@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -9,9 +8,8 @@ from fastapi.testclient import TestClient
 
 from darec.serve import Recommender
 from darec.serve.app import ServeSettings, create_app
-from darec.train import Trainer, build_config
 
-FAST = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "epochs=1"]
+from .conftest import served
 
 
 def same(a: list[list[dict]], b: list[list[dict]]) -> bool:
@@ -19,13 +17,6 @@ def same(a: list[list[dict]], b: list[list[dict]]) -> bool:
     changes the order of floating-point sums)."""
     return [[(r["item"], r["title"]) for r in x] for x in a] == [[(r["item"], r["title"]) for r in x] for x in b] and all(
         r["score"] == pytest.approx(q["score"], rel=1e-5, abs=1e-6) for x, y in zip(a, b) for r, q in zip(x, y))
-
-
-@pytest.fixture(scope="module")
-def recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
-    run_dir = tmp_path_factory.mktemp("serve") / "run"
-    Trainer(build_config(overrides=FAST), run_dir, progress=False).fit()
-    return Recommender(run_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -140,31 +131,10 @@ def test_concurrent_requests_are_answered_as_alone(recommender: Recommender, bat
 
 
 def test_darec_serve_answers_on_loopback(recommender: Recommender) -> None:
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    darec = Path(sys.executable).with_name("darec")
-    server = subprocess.Popen([str(darec), "serve", str(recommender.run_dir), "--port", str(port), "--device", "cpu",
-                               "--token", "t0k"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline, health = time.monotonic() + 120, None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        assert health is not None and health.json()["items"] == recommender.n_items, server.poll()
-        url = f"http://127.0.0.1:{port}/recommend"
-        assert httpx.post(url, json={"history": recommender.item_ids[1:3]}).status_code == 401
-        answer = httpx.post(url, json={"history": recommender.item_ids[1:3], "k": 2}, headers={"Authorization": "Bearer t0k"})
+    with served(recommender.run_dir, "--token", "t0k") as (url, printed):
+        assert httpx.get(f"{url}/health").json()["items"] == recommender.n_items
+        assert httpx.post(f"{url}/recommend", json={"history": recommender.item_ids[1:3]}).status_code == 401
+        answer = httpx.post(f"{url}/recommend", json={"history": recommender.item_ids[1:3], "k": 2},
+                            headers={"Authorization": "Bearer t0k"})
         assert same([answer.json()["items"]], [recommender.top_k(recommender.item_ids[1:3], k=2)])
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert f"on http://127.0.0.1:{port}" in " ".join(output.split())
+    assert f"on {url}" in " ".join(" ".join(printed).split())

@@ -5,16 +5,6 @@ import torch
 
 from darec.data.batching import pad_right
 from darec.serve import Recommender
-from darec.train import Trainer, build_config
-
-FAST = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "epochs=1"]
-
-
-@pytest.fixture(scope="module")
-def recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
-    run_dir = tmp_path_factory.mktemp("serve") / "run"
-    Trainer(build_config(overrides=FAST), run_dir, progress=False).fit()
-    return Recommender(run_dir, device="cpu")
 
 
 def test_top_k_follows_the_model_scores_in_original_ids(recommender: Recommender) -> None:
