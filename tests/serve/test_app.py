@@ -138,3 +138,30 @@ def test_darec_serve_answers_on_loopback(recommender: Recommender) -> None:
                             headers={"Authorization": "Bearer t0k"})
         assert same([answer.json()["items"]], [recommender.top_k(recommender.item_ids[1:3], k=2)])
     assert f"on {url}" in " ".join(" ".join(printed).split())
+
+
+LLM = ["backbone=tiny", "item_tokens=4"]
+
+
+@pytest.mark.parametrize("overrides", [["model=gru4rec"], ["model=bert4rec"], ["model=pop"], ["model=darec", *LLM],
+                                       ["model=e4srec", *LLM], ["model=mixrec", *LLM], ["model=sasrec", "item_embeddings=FILE"]],
+                         ids=["gru4rec", "bert4rec", "pop", "darec", "e4srec", "mixrec", "llmemb-sasrec"])
+def test_every_model_is_served(overrides: list[str], tmp_path) -> None:
+    import torch
+
+    from darec.data import load_dataset
+    from darec.data.item_embeddings import save_item_embeddings
+    from darec.train import Trainer, build_config
+
+    data = load_dataset("synthetic-tiny", seed=42)  # the trainer's default seed: the items a run sees
+    save_item_embeddings(tmp_path / "items.safetensors", torch.randn(data.n_items + 1, 12), data)
+    overrides = [o.replace("FILE", str(tmp_path / "items.safetensors")) for o in overrides]
+    Trainer(build_config(overrides=[*overrides, "dataset=synthetic-tiny", "max_len=10", "epochs=1"]), tmp_path / "run",
+            progress=False).fit()
+    recommender = Recommender(tmp_path / "run", device="cpu")
+    with TestClient(create_app(recommender)) as client:
+        history = recommender.item_ids[2:5]
+        response = client.post("/recommend", json={"history": history, "k": 4})
+        assert response.status_code == 200, response.text
+        assert same([response.json()["items"]], [recommender.top_k(history, k=4)])
+        assert client.get("/health").json()["model"] == overrides[0].split("=")[1]
