@@ -128,6 +128,11 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
         frozen = sum(p.numel() for n, p in model.named_parameters() if n in pretrained)
         if frozen < COMPILE_MIN_PARAMETERS or device.type not in ("cpu", "cuda") or not _compiler_works(device):
             return False
+    # Compiled code is cached per function, shared by every model of the process, and a function
+    # past torch's recompile limit (8) runs eager from then on, with a warning: the benchmarks that
+    # train several models in one process (a plan search, a plan under several settings) hit it.
+    # A model compiled anew starts from an empty cache.
+    torch.compiler.reset()
     for region in regions:
         region.compile()
     return True
