@@ -141,7 +141,8 @@ def serve(
                                                  "requires (or the DAREC_TOKEN environment variable); none: no auth.")] = None,
     batching: Annotated[bool, typer.Option(help="Gather concurrent requests into one forward pass.")] = True,
     max_batch: Annotated[int, typer.Option(help="Most histories in one forward pass.", min=1)] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.", min=0)] = 2.0,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch (0: a batch is "
+                                               "what arrived during the last forward pass).", min=0)] = 0.0,
     max_history: Annotated[int, typer.Option(help="Most items in one history.", min=1)] = 1000,
 ) -> None:
     """Serve a run over HTTP: POST /recommend, /recommend/batch; GET /items, /health, /metrics, /docs, and a page at /."""

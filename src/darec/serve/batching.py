@@ -1,7 +1,9 @@
-"""Micro-batching: concurrent requests are gathered for at most ``max_wait_ms`` (or until
-``max_batch`` have come), scored in one forward pass on a worker thread (never on the
-event loop), and answered separately. With batching off, each request is its own forward
-pass on the same worker, so the two are compared on equal terms."""
+"""Micro-batching: concurrent requests are gathered into one forward pass on a worker
+thread (never on the event loop) and answered separately. A batch is every request that
+arrived while the last forward pass ran (up to ``max_batch``), so a lone request is scored
+at once and batches grow with the load; ``max_wait_ms`` > 0 also waits that long for more.
+With batching off, each request is its own forward pass on the same worker, so the two
+are compared on equal terms."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class Pending:
 class Scorer:
     """Scores histories for the service, batched or one by one; ``on_batch(size)`` sees every forward pass."""
 
-    def __init__(self, recommender: Recommender, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 2.0,
+    def __init__(self, recommender: Recommender, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 0.0,
                  on_batch: Callable[[int], None] = lambda size: None):
         self.recommender, self.batching, self.max_batch, self.max_wait = recommender, batching, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch
