@@ -204,14 +204,16 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
             raise InputError(f"give 1 to {settings.max_histories} histories, got {len(body.histories)}")
         return JSONResponse({"results": await answer(body.histories, body.k, body.exclude_seen)})
 
+    # The catalogue as searched, folded once (the page searches at every keystroke).
+    folded = [(item.casefold(), title.casefold()) for item, title in zip(recommender.item_ids[1:], recommender.titles[1:])]
+
     @app.get("/items", response_model=list[Item], summary="Search the catalogue by id or title")
     async def items(q: Annotated[str, Query(max_length=200)] = "",
                     limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[dict[str, str]]:
         needle, found = q.casefold(), []
-        for i in range(1, len(recommender.item_ids)):
-            item, title = recommender.item_ids[i], recommender.titles[i]
-            if needle in item.casefold() or needle in title.casefold():
-                found.append({"item": item, "title": title})
+        for i, (item, title) in enumerate(folded, start=1):
+            if needle in item or needle in title:
+                found.append({"item": recommender.item_ids[i], "title": recommender.titles[i]})
                 if len(found) == limit:
                     break
         return found
