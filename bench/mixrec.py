@@ -27,13 +27,15 @@ import argparse
 import json
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, machine, markdown_table, save_rows,
-                    main_rows, search_arguments, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, markdown_table, save_rows,
+                    main_rows, search_arguments, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell,
+                    with_seeds)
 from dynamic_adaption import trainable
 from darec.models.llm.adapters import describe_plan
 from darec.models.llm.backbone import layer_count
@@ -56,6 +58,11 @@ def reference(args: argparse.Namespace, name: str, seed: int) -> Path:
         return RunSpec(args.dataset, "sasrec-same-data", args.budget, seed=seed).run_dir(work / "darec_accuracy")
     variant = {"uniform_lora": "uniform-lora", "darec": "searched"}[name]
     return work / "dynamic_adaption" / args.dataset / args.budget / RunSpec(args.dataset, variant, args.budget, seed=seed).name
+
+
+def run_dir(args: argparse.Namespace, spec: RunSpec) -> Path:
+    """Where a MixRec run of this script lives."""
+    return args.workdir / spec.dataset / spec.budget / spec.name
 
 
 def markdown(rows: list[Row]) -> str:
@@ -83,19 +90,17 @@ def pool_seeds(args: argparse.Namespace, run: RunSpec) -> None:
     """On the first seed's rows, each comparison with each user's NDCG@10 averaged over every
     seed that both sides finished."""
     written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())]
-    where = lambda spec: args.workdir / spec.dataset / spec.budget / spec.name  # noqa: E731
+    where = partial(run_dir, args)
     first = RunSpec(run.dataset, run.variant, run.budget)
     rows = [r for r in written if first.holds(r)]
-    mine = sorted({r["seed"] for r in written if r.get("seed") and RunSpec.of(r) == RunSpec(first.dataset, first.variant,
-                   first.budget, seed=r["seed"]) and RunDir(where(RunSpec.of(r))).results.exists()})
+    mine = finished_seeds(written, [first], where)
     if not rows or not mine:
         return
     for name in COMPARED:
         seeds = [s for s in mine if RunDir(reference(args, name, s)).results.exists()]
         if not seeds or not RunDir(reference(args, name, 0)).results.exists():
             continue
-        runs = [where(first), *(where(RunSpec(first.dataset, first.variant, first.budget, seed=s)) for s in seeds)]
-        rows = versus(rows, runs, [reference(args, name, s) for s in [0, *seeds]], f"{name}_seeds")
+        rows = versus(rows, with_seeds(first, seeds, where), [reference(args, name, s) for s in [0, *seeds]], f"{name}_seeds")
         for row in rows:
             if f"vs_{name}_seeds" in row:
                 row[f"vs_{name}_seeds_runs"] = 1 + len(seeds)
@@ -137,21 +142,20 @@ def main() -> None:
             shutil.copyfile(search_dir / picture, args.results.parent / f"mixrec-{args.dataset}-{args.budget}-{picture}")
     plan = summary["plan"]
     run = RunSpec(args.dataset, "searched-mixrec", args.budget, seed=args.seed)
-    run_dir = work / run.name
+    folder = run_dir(args, run)
     overrides = ["model=mixrec", *base, *([f"seed={args.seed}"] if args.seed else []), f"plan={plan}"]
     row = {**run.fields(), "model": "mixrec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
            "settings": " ".join(overrides[:-1]), "machine": machine(), "versions": versions(), "command": command_line(),
            "search_seconds": summary["seconds"], "search_trials": summary["trials"], "search_best_valid": summary["best_value"]}
-    rows = train_rows(run_dir, overrides, row)
-    with tempfile.TemporaryDirectory() as scratch:
-        count = trainable(overrides, run_dir if RunDir(run_dir).state.exists() else Path(scratch) / "run")
+    rows = train_rows(folder, overrides, row)
+    count = trainable(overrides, folder)  # the trained run, reopened
     for r in rows:
         r["trainable_parameters"] = count
     for name in COMPARED:
-        rows = versus(rows, run_dir, reference(args, name, args.seed), name)
+        rows = versus(rows, folder, reference(args, name, args.seed), name)
     save_rows(args.results, rows, markdown, upgrade_run_row)
-    if not args.seed and RunDir(run_dir).figure("expert_usage").exists():
-        shutil.copyfile(RunDir(run_dir).figure("expert_usage"),
+    if not args.seed and RunDir(folder).figure("expert_usage").exists():
+        shutil.copyfile(RunDir(folder).figure("expert_usage"),
                         args.results.parent / f"mixrec-{args.dataset}-{args.budget}-expert_usage.png")
     print(f"{args.dataset} {run.name}: done", flush=True)
     pool_seeds(args, run)
