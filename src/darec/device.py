@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import psutil
 import torch
 from torch import nn
 
@@ -42,6 +43,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"device {name!r}: MPS is not available here")
     return device
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``: the driver's count on CUDA, else the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
 
 
 def fast_cpu_bf16() -> bool:

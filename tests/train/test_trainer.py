@@ -154,7 +154,8 @@ def test_a_nan_loss_or_nan_scores_stop_the_run_naming_the_epoch(tmp_path: Path) 
     assert json.loads((tmp_path / "loss" / "trainer_state.json").read_text())["checkpoint"] == "checkpoint-1"
     # Scores that are NaN at validation (the loss was fine): the target never ranks first.
     trainer = Trainer(build_config(overrides=[*FAST, "epochs=2"]), tmp_path / "scores", progress=False)
-    trainer.model.score = lambda items, lengths: torch.full((len(items), trainer.dataset.n_items + 1), float("nan"))
+    width = trainer.model.item_vectors()[0].size(1)
+    trainer.model.user_states = lambda items, lengths: torch.full((len(items), width), float("nan"))
     with pytest.raises(NonFiniteScores, match=r"epoch 1: validation: the model scores items NaN or infinite"):
         trainer.fit()
 

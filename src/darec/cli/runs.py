@@ -38,7 +38,8 @@ def evaluate(
         histories, targets = dataset.split(split)
         negatives = sample_negatives(histories, targets, dataset.n_items, c.train.sampled_negatives, c.train.seed) if protocol == "sampled" else None
         exclude = c.train.exclude_history if exclude_history is None else exclude_history
-        per_user = run_eval(loaded.model, histories, targets, protocol, exclude, negatives, c.train.eval_batch_size, per_user=True)
+        per_user = run_eval(loaded.model, histories, targets, protocol, exclude, negatives, c.train.eval_batch_size, per_user=True,
+                            chunk=c.train.eval_chunk)
         group_rows = group_means(per_user, user_groups(dataset, histories, targets, head_share)) if groups else []
     except USER_ERRORS as exc:
         fail(exc)

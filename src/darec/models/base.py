@@ -34,7 +34,11 @@ class SequentialRecommender(nn.Module):
     ``[B, max_len + 1]`` (a model predicting the next item reads ``items[:, :-1]`` and
     predicts ``batch.next_item_targets()``).
     ``score(items, lengths)`` returns ``[B, n_items + 1]`` scores for the item after each
-    history; column 0 (padding) is ignored by the evaluator.
+    history; column 0 (padding) is ignored by the evaluator. A model's scores are dot
+    products: it gives :meth:`user_states` and :meth:`item_vectors`, and evaluation and
+    top-k walk the catalogue in chunks of items (:mod:`darec.models.catalogue`), so memory
+    stays bounded however many items there are. A model whose scores are something else
+    overrides ``score`` instead (and is then scored whole).
     """
 
     def __init__(self, config: ModelConfig, n_items: int, max_len: int):
@@ -78,8 +82,17 @@ class SequentialRecommender(nn.Module):
     def loss(self, batch: Batch) -> Tensor:
         raise NotImplementedError
 
-    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+    def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
+        """``[B, H]``: one vector per history, whose dot product with an item's vector (plus
+        the item's bias) is that item's score."""
         raise NotImplementedError
+
+    def item_vectors(self) -> tuple[Tensor, Tensor | None]:
+        """The item side of the scores: ``[n_items + 1, H]`` vectors and an optional ``[n_items + 1]`` bias."""
+        raise NotImplementedError
+
+    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return catalogue_scores(self.user_states(items, lengths), *self.item_vectors())
 
 
 Companions = dict[str, SequentialRecommender]  # companion runs' models, by config field

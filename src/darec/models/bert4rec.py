@@ -45,8 +45,8 @@ class BERT4Rec(SequentialRecommender):
     def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
         prepare_item_table(self.encoder.item_embedding, self.config, dataset, companions)
 
-    def _logits(self, hidden: Tensor) -> Tensor:
-        return catalogue_scores(self.head(hidden), self.encoder.item_embedding.weight[: self.n_items + 1], self.bias)
+    def item_vectors(self) -> tuple[Tensor, Tensor | None]:
+        return self.encoder.item_embedding.weight[: self.n_items + 1], self.bias  # without the mask token
 
     def loss(self, batch: Batch) -> Tensor:
         # Cloze training reads whole windows; overlapping windows only repeat some items.
@@ -61,13 +61,13 @@ class BERT4Rec(SequentialRecommender):
         use_last = last_only | ~masked.any(1)
         masked = torch.where(use_last[:, None], last, masked)
         hidden = self.encoder(window.masked_fill(masked, self.mask_token), causal=False)
-        logits = self._logits(hidden[masked])
+        logits = catalogue_scores(self.head(hidden[masked]), *self.item_vectors())
         logits[:, 0] = float("-inf")
         return F.cross_entropy(logits, window[masked]) + alignment_loss(self.encoder.item_embedding, self.config, window)
 
-    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+    def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
         rows = torch.arange(items.size(0), device=items.device)
         extended = torch.cat([items, torch.zeros_like(items[:, :1])], dim=1)
         extended[rows, lengths] = self.mask_token
         hidden = self.encoder(extended, causal=False)
-        return self._logits(hidden[rows, lengths])
+        return self.head(hidden[rows, lengths])

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from darec.config import option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
-from darec.models.base import Companions, ModelConfig, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.base import Companions, ModelConfig, SequentialRecommender, last_state, next_item_loss
 from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, item_table_companions, prepare_item_table
 from darec.models.registry import register
 
@@ -54,5 +54,8 @@ class GRU4Rec(SequentialRecommender):
         loss = next_item_loss(self._hidden(batch.items[:, :-1]), batch.next_item_targets(), weight, self.config.loss)
         return loss + alignment_loss(self.item_embedding, self.config, batch.items)
 
-    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return catalogue_scores(last_state(self._hidden(items), lengths), self.item_embedding.weight)
+    def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return last_state(self._hidden(items), lengths)
+
+    def item_vectors(self) -> tuple[Tensor, Tensor | None]:
+        return self.item_embedding.weight, None

@@ -27,5 +27,8 @@ class Pop(SequentialRecommender):
     def prepare(self, dataset: SequenceDataset, companions: Companions | None = None) -> None:
         self.counts.copy_(torch.from_numpy(dataset.item_popularity()))
 
-    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self.counts.expand(items.size(0), -1)
+    def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return self.counts.new_ones(items.size(0), 1)  # everyone the same: score = count
+
+    def item_vectors(self) -> tuple[Tensor, Tensor | None]:
+        return self.counts[:, None], None

@@ -10,7 +10,7 @@ from torch import Tensor
 from darec.config import option
 from darec.data.batching import Batch
 from darec.data.dataset import SequenceDataset
-from darec.models.base import Companions, SequentialRecommender, catalogue_scores, last_state, next_item_loss
+from darec.models.base import Companions, SequentialRecommender, last_state, next_item_loss
 from darec.models.item_table import ItemTableOptions, alignment_loss, item_table, item_table_companions, prepare_item_table
 from darec.models.registry import register
 from darec.models.transformer import ItemEncoder, TransformerConfig
@@ -42,6 +42,8 @@ class SASRec(SequentialRecommender):
         loss = next_item_loss(hidden, batch.next_item_targets(), self.encoder.item_embedding.weight, self.config.loss)
         return loss + alignment_loss(self.encoder.item_embedding, self.config, batch.items)
 
-    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
-        state = last_state(self.encoder(items, causal=True), lengths)
-        return catalogue_scores(state, self.encoder.item_embedding.weight)
+    def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return last_state(self.encoder(items, causal=True), lengths)
+
+    def item_vectors(self) -> tuple[Tensor, Tensor | None]:
+        return self.encoder.item_embedding.weight, None

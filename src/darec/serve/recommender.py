@@ -12,14 +12,17 @@ import torch
 
 from darec.data.batching import pad_right
 from darec.errors import InputError, UnknownKey
+from darec.models.catalogue import CatalogueScores, top_k
 from darec.train.run import load_run
 
 
 class Recommender:
-    def __init__(self, run_dir: str | Path, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, device: str = "auto", chunk: int | None = None):
+        """``chunk``: items scored at once for top-k (None: the run's ``train.eval_chunk``; 0: sized from free memory)."""
         self.run_dir = Path(run_dir)
         loaded = load_run(self.run_dir, device)
         self.model, self.config, self.run_state = loaded.model, loaded.config, loaded.state
+        self.chunk = self.config.train.eval_chunk if chunk is None else chunk
         self.model.eval()
         self.item_ids = loaded.id_map["items"]
         self.titles = loaded.id_map.get("item_text") or [""] * len(self.item_ids)
@@ -70,15 +73,15 @@ class Recommender:
         """Top-k for each internal-id history, all scored in one forward pass (empty where the
         history holds the whole catalogue and seen items are left out)."""
         items, lengths = pad_right(histories, self.model.max_len)
-        scores = self.model.score(torch.from_numpy(items).to(self.device), torch.from_numpy(lengths).to(self.device)).float()
-        scores[:, 0] = float("-inf")
-        for row, (seq, seen) in enumerate(zip(histories, include_seen)):
-            if not seen:
-                scores[row, torch.from_numpy(seq).to(self.device)] = float("-inf")
-        top = scores.topk(min(max(ks), scores.size(1)), dim=1)
+        catalogue = CatalogueScores(self.model, torch.from_numpy(items).to(self.device),
+                                    torch.from_numpy(lengths).to(self.device), self.chunk)
+        # Whole histories (not only the last max_len), empty where seen items stay in.
+        seen = [np.zeros(0, dtype=np.int64) if keep else seq for seq, keep in zip(histories, include_seen)]
+        exclude = torch.from_numpy(pad_right(seen, max(1, *map(len, seen)))[0]).to(self.device)
+        top_values, top_indices = top_k(catalogue, max(ks), exclude)
         out = []
         for row, k in enumerate(ks):
-            values, indices = top.values[row, :k].tolist(), top.indices[row, :k].tolist()
+            values, indices = top_values[row, :k].tolist(), top_indices[row, :k].tolist()
             out.append([{"item": self.item_ids[i], "score": v, "title": self.titles[i]}
                         for v, i in zip(values, indices) if v > float("-inf")])
         return out

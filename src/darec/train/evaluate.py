@@ -8,12 +8,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 from rich.console import Console
 
 from darec.data.batching import pad_right, trim
 from darec.data.dataset import SequenceDataset
 from darec.errors import DarecError, InputError
 from darec.models import SequentialRecommender
+from darec.models.catalogue import CatalogueScores, mask_items
 from darec.train.config import RunConfig
 from darec.train.metrics import KS, rank_metrics, target_ranks
 from darec.train.run import RunDir
@@ -67,6 +69,7 @@ def evaluate(
     batch_size: int = 512,
     ks: tuple[int, ...] = KS,
     per_user: bool = False,
+    chunk: int = 0,
 ) -> dict[str, float] | dict[str, np.ndarray]:
     """Mean HR/NDCG/MRR@K over users (or per-user values with ``per_user``).
 
@@ -74,7 +77,41 @@ def evaluate(
     user's earlier items from the candidates. ``sampled``: the target is ranked against
     ``negatives`` (one row per user, e.g. from :func:`sample_negatives`).
     """
-    return evaluate_many(model, histories, targets, [(protocol, exclude_history, negatives)], batch_size, ks, per_user)[0]
+    return evaluate_many(model, histories, targets, [(protocol, exclude_history, negatives)], batch_size, ks, per_user, chunk)[0]
+
+
+def _check_finite(scores: Tensor, batch: int) -> None:
+    broken = (scores.isnan() | (scores == float("inf"))).any(1)
+    if broken.any():
+        raise NonFiniteScores(f"the model scores items NaN or infinite for {int(broken.sum())} of {batch} users in a "
+                              "batch: it has diverged (too high a learning rate, or a temperature near 0?)")
+
+
+def full_ranks(catalogue: CatalogueScores, targets: Tensor, seen: Tensor, excludes: Sequence[bool]) -> dict[bool, Tensor]:
+    """0-based rank of each target among all items, with the user's history kept (False)
+    and/or excluded (True; ``seen`` holds it, right-padded), from one walk over the catalogue.
+
+    The rank counts the other items scored at least as high as the target, so ties are
+    pessimistic, as in :func:`~darec.train.metrics.target_ranks`. A target the user has
+    already seen is itself excluded under exclusion and ranks last.
+    """
+    target = catalogue.at(targets[:, None]).squeeze(1)
+    _check_finite(target[:, None], len(targets))
+    threshold = {False: target, True: target.masked_fill((seen == targets[:, None]).any(1), float("-inf"))}
+    ranks = {exclude: torch.zeros_like(targets) for exclude in excludes}
+    rows = torch.arange(len(targets), device=targets.device)
+    for start, scores in catalogue.chunks():
+        _check_finite(scores, len(targets))
+        own = (targets >= start) & (targets < start + scores.size(1))
+        for exclude in sorted(ranks):  # kept first: exclusion writes -inf into the chunk
+            if exclude:
+                mask_items(scores, start, seen)
+            t = threshold[exclude]
+            ranks[exclude] += (scores >= t[:, None]).sum(1)
+            # The target's own column is not another item (its value here may differ from
+            # ``target`` in the last bit: the two come from different matmul shapes).
+            ranks[exclude][own] -= (scores[rows[own], targets[own] - start] >= t[own]).long()
+    return ranks
 
 
 @torch.no_grad()
@@ -86,8 +123,10 @@ def evaluate_many(
     batch_size: int = 512,
     ks: tuple[int, ...] = KS,
     per_user: bool = False,
+    chunk: int = 0,
 ) -> list[dict[str, float] | dict[str, np.ndarray]]:
-    """:func:`evaluate` under several settings from one scoring pass (the model runs once)."""
+    """:func:`evaluate` under several settings from one scoring pass (the model runs once).
+    The catalogue is scored ``chunk`` items at a time (0: sized from free memory)."""
     for protocol, _, negatives in settings:
         if protocol == "sampled" and negatives is None:
             raise ValueError("the sampled protocol needs negatives")
@@ -97,27 +136,24 @@ def evaluate_many(
     items, lengths = pad_right(histories, model.max_len)
     # Users in order of history length, so each batch is cut to its own longest history.
     order = np.argsort(lengths, kind="stable")
+    excludes = sorted({exclude for protocol, exclude, _ in settings if protocol == "full"})
     values: list[dict[str, list[torch.Tensor]]] = [{} for _ in settings]
     for start in range(0, len(targets), batch_size):
         rows = order[start : start + batch_size]
-        batch_items = trim(torch.from_numpy(items[rows])).to(device)
         batch_targets = torch.from_numpy(targets[rows]).to(device)
-        scores = model.score(batch_items, torch.from_numpy(lengths[rows]).to(device)).float()
-        broken = (scores[:, 1:].isnan() | (scores[:, 1:] == float("inf"))).any(1)
-        if broken.any():
-            raise NonFiniteScores(f"the model scores items NaN or infinite for {int(broken.sum())} of {len(rows)} users in a "
-                                  "batch: it has diverged (too high a learning rate, or a temperature near 0?)")
+        catalogue = CatalogueScores(model, trim(torch.from_numpy(items[rows])).to(device),
+                                    torch.from_numpy(lengths[rows]).to(device), chunk)
+        seen = [histories[row] for row in rows]  # whole histories, not only the last max_len
+        seen_tensor = torch.from_numpy(pad_right(seen, max(map(len, seen)))[0]).to(device)
+        full = full_ranks(catalogue, batch_targets, seen_tensor, excludes) if excludes else {}
         for (protocol, exclude_history, negatives), out in zip(settings, values):
             if protocol == "full":
-                ranked = scores.clone()
-                ranked[:, 0] = float("-inf")
-                if exclude_history:
-                    for offset, row in enumerate(rows):
-                        ranked[offset, torch.from_numpy(histories[row]).to(device)] = float("-inf")
-                ranks = target_ranks(ranked, batch_targets)
+                ranks = full[exclude_history]
             else:
                 candidates = torch.cat([batch_targets[:, None], torch.from_numpy(negatives[rows]).to(device)], dim=1)
-                ranks = target_ranks(scores.gather(1, candidates), torch.zeros_like(batch_targets))
+                scores = catalogue.at(candidates)
+                _check_finite(scores, len(rows))
+                ranks = target_ranks(scores, torch.zeros_like(batch_targets))
             for name, value in rank_metrics(ranks, ks).items():
                 out.setdefault(name, []).append(value.cpu())
     model.train(was_training)
@@ -152,7 +188,7 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
         scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, exclude in settings],
-                               t.eval_batch_size, per_user=True)
+                               t.eval_batch_size, per_user=True, chunk=t.eval_chunk)
         for (protocol, exclude), per_user in zip(settings, scored):
             rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
                                    variant=variant))

@@ -56,7 +56,8 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     run = load_run(run_dir)
     histories, targets = load_run_dataset(run_dir, run.config).split(split)
     t = run.config.train
-    metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True)
+    metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True,
+                       chunk=t.eval_chunk)
     if finished:  # an unfinished run's best weights may change
         folder.write_per_user(split, metrics)
     return metrics

@@ -36,7 +36,7 @@ from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STA
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
 BUDGET_KEYS = ("epochs", "patience", "max_minutes")
-RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "compile", "eval_batch_size")
+RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "compile", "eval_batch_size", "eval_chunk")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -301,7 +301,7 @@ class Trainer:
         histories, targets = self.valid
         t = self.config.train
         try:
-            return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size)
+            return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, chunk=t.eval_chunk)
         except NonFiniteScores as exc:
             self._diverged(f"validation: {exc}")
 

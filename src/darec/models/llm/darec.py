@@ -238,9 +238,15 @@ class DARec(SequentialRecommender):
         return hidden[at, packed.item_pos], semantic
 
     def _logits(self, states: Tensor) -> Tensor:
-        if self.head is None:
-            return catalogue_scores(self.user_proj(states), self.cf.encoder.item_embedding.weight)
-        return catalogue_scores(states, self.head.weight, self.head.bias)
+        return catalogue_scores(self._user(states), *self.item_vectors())
+
+    def _user(self, states: Tensor) -> Tensor:
+        return self.user_proj(states) if self.head is None else states
+
+    def item_vectors(self) -> tuple[Tensor, Tensor | None]:
+        if self.head is None:  # scored against the collaborative model's items
+            return self.cf.encoder.item_embedding.weight, None
+        return self.head.weight, self.head.bias
 
     def loss(self, batch: Batch) -> Tensor:
         items, targets = batch.items[:, :-1], batch.next_item_targets()
@@ -260,8 +266,8 @@ class DARec(SequentialRecommender):
             loss = loss + self.config.lambda_balance * torch.stack([r.balance for r in self.routers]).mean()
         return loss
 
-    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self._logits(last_state(self._states(items)[0], lengths))
+    def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return self._user(last_state(self._states(items)[0], lengths))
 
 
 @dataclass
