@@ -10,7 +10,7 @@ from tests.conftest import write
 
 
 def test_leave_one_out_split_and_contiguous_ids() -> None:
-    raw = RawData({"a": ["x", "y", "z", "w"], "b": ["y", "x", "q"], "c": ["x", "y"]}, {"x": "Ex"}, "mem")
+    raw = RawData.from_sequences({"a": ["x", "y", "z", "w"], "b": ["y", "x", "q"], "c": ["x", "y"]}, {"x": "Ex"}, "mem")
     ds = build_dataset(raw, "toy")
     assert ds.item_ids[0] == "[PAD]" and sorted(ds.item_ids[1:]) == ["q", "w", "x", "y", "z"]
     assert ds.n_items == 5 and ds.user_ids == ["a", "b"] and ds.dropped_users == 1  # c is too short to split
@@ -28,11 +28,13 @@ def test_leave_one_out_split_and_contiguous_ids() -> None:
 
 
 def test_kcore_is_iterative() -> None:
-    seqs = {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "c", "d"]}
+    raw = RawData.from_sequences({"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "c", "d"]})
+    kept = lambda k: RawData(raw.users[kcore(raw.users, raw.items, k)], raw.items[kcore(raw.users, raw.items, k)],
+                             raw.user_ids, raw.item_ids).sequences
     # k=2: d goes (1 use) -> u3 keeps a, c; all remaining items have >= 2 uses; u2 has 2 items.
-    assert kcore(seqs, 2) == {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "c"]}
+    assert kept(2) == {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "c"]}
     # k=3: b, c, d go -> users keep only 'a' -> fewer than 3 items -> nobody is left.
-    assert kcore(seqs, 3) == {}
+    assert kept(3) == {}
 
 
 def test_named_datasets_resolve_under_data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,8 +143,10 @@ def test_chunk_size_is_bounded_by_free_memory(monkeypatch: pytest.MonkeyPatch) -
     cpu = torch.device("cpu")
     assert chunk_size(512, 1_000_001, cpu, chunk=5000) == 5000
     assert chunk_size(512, 100, cpu, chunk=5000) == 100
-    monkeypatch.setattr(catalogue, "free_memory", lambda device: 4 * 512 * 12 * 20_000)
-    assert chunk_size(512, 1_000_001, cpu) == 20_000  # a quarter of the free memory
+    monkeypatch.setattr(catalogue, "free_memory", lambda device: 4 * 512 * 12 * 1_000)
+    assert chunk_size(512, 1_000_001, cpu) == 1_000  # a quarter of the free memory
     monkeypatch.setattr(catalogue, "free_memory", lambda device: 1 << 40)
-    assert chunk_size(512, 1_000_001, cpu) * 512 * 12 <= catalogue.MAX_CHUNK_BYTES
-    assert chunk_size(512, 1_000, cpu) == 1_000
+    assert chunk_size(512, 1_000_001, cpu) * 512 * 12 <= catalogue.CPU_CHUNK_BYTES  # cache-sized
+    assert chunk_size(512, 1_000_001, torch.device("cuda")) * 512 * 12 <= catalogue.MAX_CHUNK_BYTES
+    assert chunk_size(512, 1_000_001, torch.device("cuda")) > chunk_size(512, 1_000_001, cpu)
+    assert chunk_size(1, 1_000, cpu) == 1_000

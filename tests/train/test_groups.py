@@ -17,7 +17,7 @@ def _dataset():
         "u4": ["a", "o", "p", "q", "r"],
         "u5": ["a", "s", "t", "u"],
     }
-    return build_dataset(RawData(sequences), "groups")
+    return build_dataset(RawData.from_sequences(sequences), "groups")
 
 
 def test_head_items_are_the_most_popular_share() -> None:

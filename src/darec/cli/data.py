@@ -52,8 +52,7 @@ def data_synth(
         inter = write_atomic_files(raw, out, out.name)
     except USER_ERRORS as exc:
         fail(exc)
-    n = sum(map(len, raw.sequences.values()))
-    console.print(f"wrote {n:,} interactions of {len(raw.sequences):,} users to {inter}")
+    console.print(f"wrote {raw.n_interactions:,} interactions of {len(raw.user_ids):,} users to {inter}")
 
 
 @data_app.command("download")

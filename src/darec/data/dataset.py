@@ -3,14 +3,64 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
 from darec.data.formats import DataError, RawData
 from darec.io import atomic_write_text
+
+
+class Ragged(Sequence[np.ndarray]):
+    """Users' item sequences as one flat array and where each user's starts and stops: a
+    Python object per user at most (the view handed out), never one per interaction."""
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray, stops: np.ndarray):
+        self.values, self.starts, self.stops = values, starts, stops
+
+    @classmethod
+    def from_lengths(cls, values: np.ndarray, lengths: np.ndarray) -> Ragged:
+        stops = np.cumsum(lengths, dtype=np.int64)
+        return cls(values, stops - lengths, stops)
+
+    @classmethod
+    def from_list(cls, sequences: Sequence[np.ndarray]) -> Ragged:
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        values = np.concatenate(list(sequences)).astype(np.int64) if len(sequences) else np.zeros(0, dtype=np.int64)
+        return cls.from_lengths(values, lengths)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice | np.ndarray) -> Ragged: ...
+
+    def __getitem__(self, index: int | slice | np.ndarray) -> np.ndarray | Ragged:
+        if isinstance(index, (int, np.integer)):
+            return self.values[self.starts[index] : self.stops[index]]
+        return Ragged(self.values, self.starts[index], self.stops[index])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start, stop in zip(self.starts.tolist(), self.stops.tolist()):
+            yield self.values[start:stop]
+
+    def lengths(self) -> np.ndarray:
+        return self.stops - self.starts
+
+    def flat(self) -> np.ndarray:
+        """Every sequence's items, one after another, in one array."""
+        lengths = self.lengths()
+        offsets = np.cumsum(lengths) - lengths
+        return self.values[np.repeat(self.starts - offsets, lengths) + np.arange(lengths.sum())]
+
+    def cut(self, n: int) -> Ragged:
+        """Every sequence without its last ``n`` items (no copy)."""
+        return Ragged(self.values, self.starts, self.stops - n)
 
 
 @dataclass
@@ -22,7 +72,7 @@ class SequenceDataset:
     """
 
     name: str
-    sequences: list[np.ndarray]  # one int64 array per user (internal item ids)
+    sequences: Ragged  # per user, internal item ids (int64) in time order
     user_ids: list[str]  # internal user index -> original id
     item_ids: list[str]  # internal item id -> original id; item_ids[0] is the padding slot
     item_text: list[str]  # internal item id -> text ("" when none)
@@ -38,25 +88,20 @@ class SequenceDataset:
     def n_items(self) -> int:
         return len(self.item_ids) - 1
 
-    def train_sequences(self) -> list[np.ndarray]:
-        return [s[:-2] for s in self.sequences]
+    def train_sequences(self) -> Ragged:
+        return self.sequences.cut(2)
 
-    def split(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    def split(self, split: str) -> tuple[Ragged, np.ndarray]:
         """Histories and targets of ``valid`` or ``test``."""
         cut = {"valid": 2, "test": 1}[split]
-        histories = [s[:-cut] for s in self.sequences]
-        targets = np.array([s[-cut] for s in self.sequences], dtype=np.int64)
-        return histories, targets
+        return self.sequences.cut(cut), self.sequences.values[self.sequences.stops - cut].astype(np.int64)
 
     def item_popularity(self) -> np.ndarray:
         """Training interaction count per internal item id (index 0 = padding = 0)."""
-        counts = np.zeros(self.n_items + 1, dtype=np.int64)
-        for s in self.train_sequences():
-            np.add.at(counts, s, 1)
-        return counts
+        return np.bincount(self.train_sequences().flat(), minlength=self.n_items + 1).astype(np.int64)
 
     def stats(self) -> dict[str, float | int | str]:
-        lengths = np.array([len(s) for s in self.sequences])
+        lengths = self.sequences.lengths()
         n_inter = int(lengths.sum())
         return {
             "dataset": self.name,
@@ -77,38 +122,47 @@ class SequenceDataset:
         atomic_write_text(path, json.dumps(self.id_map()))
 
 
-def kcore(sequences: dict[str, list[str]], k: int) -> dict[str, list[str]]:
-    """Iteratively drop items with fewer than ``k`` interactions and users with fewer than ``k``."""
+def kcore(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Rows kept (a mask) once items with fewer than ``k`` interactions and users with fewer
+    than ``k`` are dropped, again and again until none is left to drop."""
+    keep = np.ones(len(users), dtype=bool)
     if k <= 1:
-        return sequences
+        return keep
     while True:
-        counts = Counter(item for seq in sequences.values() for item in seq)
-        kept = {u: [i for i in seq if counts[i] >= k] for u, seq in sequences.items()}
-        kept = {u: seq for u, seq in kept.items() if len(seq) >= k}
-        if sum(map(len, kept.values())) == sum(map(len, sequences.values())):
-            return kept
-        sequences = kept
+        kept = keep & (np.bincount(items, weights=keep, minlength=items.max(initial=0) + 1)[items] >= k)
+        kept &= np.bincount(users, weights=kept, minlength=users.max(initial=0) + 1)[users] >= k
+        if (kept == keep).all():
+            return keep
+        keep = kept
 
 
 MIN_SEQUENCE = 3  # one training item, one validation target, one test target
 
 
 def build_dataset(raw: RawData, name: str, k: int = 0) -> SequenceDataset:
-    """Filter, drop users too short to split, and assign contiguous ids in order of first appearance."""
-    sequences = kcore(raw.sequences, k)
-    short = sum(1 for seq in sequences.values() if len(seq) < MIN_SEQUENCE)
-    sequences = {u: seq for u, seq in sequences.items() if len(seq) >= MIN_SEQUENCE}
-    if not sequences:
+    """Filter, drop users too short to split, and number items 1.. in order of first
+    appearance (users in source order, each user's items in time order), all on columns."""
+    order = raw.in_time_order()
+    users, items = raw.users[order], raw.items[order]
+    keep = kcore(users, items, k)
+    users, items = users[keep], items[keep]
+    lengths = np.bincount(users, minlength=len(raw.user_ids))
+    long_enough = lengths >= MIN_SEQUENCE
+    short = int(((lengths > 0) & ~long_enough).sum())
+    rows = long_enough[users]
+    users, items = users[rows], items[rows]
+    if not len(users):
         raise DataError(raw.source, f"no user has {MIN_SEQUENCE} or more interactions after filtering")
-    item_index: dict[str, int] = {}
-    for seq in sequences.values():
-        for item in seq:
-            item_index.setdefault(item, len(item_index) + 1)
-    item_ids = ["[PAD]"] + list(item_index)
+    codes, first = np.unique(items, return_index=True)
+    by_appearance = codes[np.argsort(first)]
+    internal = np.zeros(len(raw.item_ids), dtype=np.int64)
+    internal[by_appearance] = np.arange(1, len(by_appearance) + 1)
+    item_ids = ["[PAD]"] + [raw.item_ids[c] for c in by_appearance.tolist()]
+    kept_users = np.flatnonzero(long_enough)
     return SequenceDataset(
         name=name,
-        sequences=[np.array([item_index[i] for i in seq], dtype=np.int64) for seq in sequences.values()],
-        user_ids=list(sequences),
+        sequences=Ragged.from_lengths(internal[items], lengths[kept_users]),
+        user_ids=[raw.user_ids[u] for u in kept_users.tolist()],
         item_ids=item_ids,
         item_text=[""] + [raw.item_text.get(i, "") for i in item_ids[1:]],
         dropped_users=short,

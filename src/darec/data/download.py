@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -58,7 +59,11 @@ def write_atomic(out_dir: Path, name: str, inter: Iterable[InterRow], items: Ite
 
 def write_atomic_files(raw: RawData, out_dir: Path, name: str) -> Path:
     """Sequences as atomic files; the position in the sequence is the timestamp."""
-    inter = ((user, item, 1.0, float(t)) for user, seq in raw.sequences.items() for t, item in enumerate(seq))
+    order = raw.in_time_order()
+    users, items = raw.users[order], raw.items[order]
+    _, starts, counts = np.unique(users, return_index=True, return_counts=True)  # users sorted: one run each
+    position = np.arange(len(users)) - np.repeat(starts, counts)
+    inter = ((raw.user_ids[u], raw.item_ids[i], 1.0, float(t)) for u, i, t in zip(users.tolist(), items.tolist(), position.tolist()))
     items = ((item, text, "", "") for item, text in raw.item_text.items()) if raw.item_text else None
     return write_atomic(out_dir, name, inter, items)
 

@@ -21,10 +21,12 @@ import math
 import os
 import re
 import stat
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from darec.data.columnar import read_interaction_columns
 from darec.errors import DarecError
 
 
@@ -39,13 +41,49 @@ class DataError(DarecError, ValueError):
 
 @dataclass
 class RawData:
-    """Per-user sequences of original item ids, in time order, item text, and, where the
-    item table has named columns, the item's attributes as (column, value) pairs."""
+    """Interactions as columns, never an object per row: row r is user ``user_ids[users[r]]``
+    choosing item ``item_ids[items[r]]`` at ``times[r]`` (None: each user's rows are in time
+    order already). User codes number users in the order they first appear in the source,
+    which is the order the data set keeps. Item text and, where the item table has named
+    columns, the item's attributes as (column, value) pairs, by original item id."""
 
-    sequences: dict[str, list[str]]
+    users: np.ndarray
+    items: np.ndarray
+    user_ids: list[str]
+    item_ids: list[str]
+    times: np.ndarray | None = None
     item_text: dict[str, str] = field(default_factory=dict)
     source: str = ""
     item_attributes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_sequences(cls, sequences: dict[str, list[str]], item_text: dict[str, str] | None = None, source: str = "",
+                       item_attributes: dict[str, list[tuple[str, str]]] | None = None) -> RawData:
+        """From per-user item sequences in time order (small data: an object per row)."""
+        items: dict[str, int] = {}
+        codes = [items.setdefault(item, len(items)) for seq in sequences.values() for item in seq]
+        users = np.repeat(np.arange(len(sequences), dtype=np.int64), [len(seq) for seq in sequences.values()])
+        return cls(users, np.array(codes, dtype=np.int64), list(sequences), list(items), None, item_text or {}, source,
+                   item_attributes or {})
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.users)
+
+    def in_time_order(self) -> np.ndarray:
+        """Row order by user code, then time, then position in the source (ties keep file order)."""
+        if self.times is None:
+            return np.argsort(self.users, kind="stable")
+        return np.lexsort((self.times, self.users))  # lexsort is stable: equal times keep file order
+
+    @property
+    def sequences(self) -> dict[str, list[str]]:
+        """Per-user item sequences in time order, as original ids (an object per row: for small data)."""
+        order = self.in_time_order()
+        users, items = self.users[order], self.items[order]
+        cuts = np.flatnonzero(np.diff(users)) + 1
+        return {self.user_ids[int(group[0])]: [self.item_ids[i] for i in seq.tolist()]
+                for group, seq in zip(np.split(users, cuts), np.split(items, cuts)) if len(group)}
 
 
 USER_COLUMNS = ("user_id", "userid", "user", "reviewerid")
@@ -125,12 +163,14 @@ def _time_column(header: list[str], path: Path) -> int | None:
     return t
 
 
-def _sequences_from_interactions(rows: list[tuple[str, str, float]]) -> dict[str, list[str]]:
-    """Group (user, item, time) rows into per-user sequences; ties keep file order (stable sort)."""
-    by_user: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
-    for row_number, (user, item, time) in enumerate(rows):
-        by_user[user].append((time, row_number, item))
-    return {user: [item for _, _, item in sorted(events)] for user, events in by_user.items()}
+def _columns(rows: list[tuple[str, str, float]], source: str) -> RawData:
+    """(user, item, time) rows as :class:`RawData` columns."""
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    user_codes = np.array([users.setdefault(user, len(users)) for user, _, _ in rows], dtype=np.int64)
+    item_codes = np.array([items.setdefault(item, len(items)) for _, item, _ in rows], dtype=np.int64)
+    times = np.array([time for _, _, time in rows], dtype=np.float64)
+    return RawData(user_codes, item_codes, list(users), list(items), times, source=source)
 
 
 def _read_table(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -199,22 +239,55 @@ def _all_items(sequences: dict[str, list[str]]) -> set[str]:
     return {item for seq in sequences.values() for item in seq}
 
 
+def read_interactions(path: Path, delimiter: str) -> RawData:
+    """An interaction table: columnar and fast where the file is well-formed (pyarrow), else
+    read line by line, which names the line and what is wrong with it."""
+    line = _first_line(path)
+    if line is not None:
+        try:
+            header = next(csv.reader([line], delimiter=delimiter)) if delimiter == "," else line.split(delimiter)
+            columns = _find(header, USER_COLUMNS, path, "user"), _find(header, ITEM_COLUMNS, path, "item"), _time_column(header, path)
+        except (csv.Error, DataError):
+            columns = None  # the careful reader says what is wrong
+        fast = read_interaction_columns(path, delimiter, header, *columns) if columns else None
+        if fast is not None and all(_plain_id(i) for ids in (fast.user_ids, fast.item_ids) for i in ids):
+            return RawData(fast.users, fast.items, fast.user_ids, fast.item_ids, fast.times, source=str(path))
+    return _columns(_interactions(path, delimiter), str(path))
+
+
+def _plain_id(value: str) -> bool:
+    """Non-empty, no surrounding blanks, no control characters: what the careful reader would keep as it is."""
+    return 0 < len(value) <= csv.field_size_limit() and value == value.strip() and not CONTROL.search(value)
+
+
+def _first_line(path: Path) -> str | None:
+    """The first line of a regular file that starts as UTF-8 text (else None: the careful reader says why)."""
+    try:
+        if not path.is_file():
+            return None
+        with open(path, "rb") as handle:
+            return handle.readline(1 << 20).decode("utf-8-sig").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _with_text(raw: RawData, item_path: Path | None, delimiter: str) -> RawData:
+    if item_path is not None:
+        raw.item_text, raw.item_attributes = _item_text(item_path, delimiter, set(raw.item_ids))
+    return raw
+
+
 def read_atomic(inter_path: str | Path, item_path: str | Path | None = None) -> RawData:
     """RecBole atomic files: tab-separated with a typed header (``user_id:token ...``)."""
     inter_path = Path(inter_path)
-    sequences = _sequences_from_interactions(_interactions(inter_path, "\t"))
     if item_path is None and os.path.lexists(inter_path.with_suffix(".item")):  # lexists: a broken link is an error, not absent
         item_path = inter_path.with_suffix(".item")
-    texts, attributes = _item_text(Path(item_path), "\t", _all_items(sequences)) if item_path else ({}, {})
-    return RawData(sequences, texts, str(inter_path), attributes)
+    return _with_text(read_interactions(inter_path, "\t"), Path(item_path) if item_path else None, "\t")
 
 
 def read_csv(ratings_path: str | Path, items_path: str | Path | None = None) -> RawData:
     """CSV with named columns, e.g. MovieLens ``ratings.csv`` (+ ``movies.csv`` for titles)."""
-    ratings_path = Path(ratings_path)
-    sequences = _sequences_from_interactions(_interactions(ratings_path, ","))
-    texts, attributes = _item_text(Path(items_path), ",", _all_items(sequences)) if items_path else ({}, {})
-    return RawData(sequences, texts, str(ratings_path), attributes)
+    return _with_text(read_interactions(Path(ratings_path), ","), Path(items_path) if items_path else None, ",")
 
 
 def read_user_lines(path: str | Path) -> RawData:
@@ -230,7 +303,7 @@ def read_user_lines(path: str | Path) -> RawData:
         if fields[0] in sequences:
             raise DataError(path, f"duplicate user id {fields[0]!r} (one line per user expected)", number)
         sequences[fields[0]] = fields[1:]
-    return RawData(sequences, {}, str(path))
+    return RawData.from_sequences(sequences, source=str(path))
 
 
 def read_presplit(prefix: str | Path) -> RawData:
@@ -306,4 +379,4 @@ def read_presplit(prefix: str | Path) -> RawData:
                 if key not in known_items:
                     raise DataError(text_path, f"item {key!r} has text but appears in no interaction", number)
                 texts[key] = text
-    return RawData(full, texts, str(prefix))
+    return RawData.from_sequences(full, texts, str(prefix))

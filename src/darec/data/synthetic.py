@@ -7,11 +7,13 @@
   from their clusters, occasionally from the whole catalogue;
 * item titles are generated from the cluster theme, so text carries signal too.
 
-Generation is vectorised over users, so millions of interactions take seconds.
+Generation is vectorised over users (in blocks), and the interactions stay integer columns, so
+tens of millions of them take seconds to a minute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,10 @@ PRESETS: dict[str, dict[str, int]] = {
     "medium": {"n_users": 10_000, "n_items": 5_000, "n_clusters": 30, "mean_length": 20},
     "large": {"n_users": 100_000, "n_items": 20_000, "n_clusters": 60, "mean_length": 15},
     "xl": {"n_users": 500_000, "n_items": 50_000, "n_clusters": 100, "mean_length": 12},
+    "xxl": {"n_users": 2_500_000, "n_items": 1_000_000, "n_clusters": 300, "mean_length": 20},  # ~50M interactions
 }
+# Users generated at once: every preset up to xl in one block, as before blocks existed (same data).
+BLOCK = 500_000
 
 
 @dataclass
@@ -84,27 +89,39 @@ def generate(spec: SyntheticSpec) -> RawData:
     u = spec.n_users
     tastes = rng.integers(0, c, size=(u, 2))
     lengths = spec.min_length + rng.geometric(1.0 / max(1, spec.mean_length - spec.min_length + 1), size=u) - 1
-    max_len = int(lengths.max())
-    seqs = np.zeros((u, max_len), dtype=np.int64)
+    # Users walk in blocks, so memory holds one block's [users, longest] walk, not everyone's.
+    walks = []
+    for first in range(0, u, BLOCK):
+        block = slice(first, min(u, first + BLOCK))
+        walk = _walk(rng, spec, tastes[block], int(lengths[block].max()), successors, sample_in_cluster, sample_global)
+        walks.append(walk[np.arange(walk.shape[1])[None, :] < lengths[block, None]])  # row-major: user by user
+    items = np.concatenate(walks)
+    users = np.repeat(np.arange(u, dtype=np.int64), lengths)
+    adjectives = rng.integers(len(ADJECTIVES), size=n)
+    titles = {
+        f"i{j}": f"{ADJECTIVES[adjectives[j]]} {THEMES[cluster[j] % len(THEMES)]}"
+        f"{'' if cluster[j] < len(THEMES) else ' ' + str(cluster[j] // len(THEMES) + 1)} No. {j}"
+        for j in np.unique(items).tolist()
+    }
+    return RawData(users, items, [f"u{i}" for i in range(u)], [f"i{j}" for j in range(n)], None, titles,
+                   f"synthetic(seed={spec.seed}, users={u}, items={n})")
+
+
+def _walk(rng: np.random.Generator, spec: SyntheticSpec, tastes: np.ndarray, steps: int, successors: np.ndarray,
+          sample_in_cluster: Callable[[np.ndarray], np.ndarray], sample_global: Callable[[int], np.ndarray]) -> np.ndarray:
+    """``steps`` items for each user of a block ``[users, steps]`` (rows past a user's length are dropped by the caller)."""
+    u = len(tastes)
+    seqs = np.zeros((u, steps), dtype=np.int64)
     current = sample_in_cluster(tastes[:, 0])
     seqs[:, 0] = current
-    for t in range(1, max_len):
+    for t in range(1, steps):
         r = rng.random(u)
         follow = successors[current, rng.integers(0, spec.n_successors, size=u)]
         own = sample_in_cluster(tastes[np.arange(u), rng.integers(0, 2, size=u)])
         explore = sample_global(u)
         current = np.where(r < spec.p_transition, follow, np.where(r < 1 - spec.p_explore, own, explore))
         seqs[:, t] = current
-
-    sequences = {f"u{i}": [f"i{j}" for j in seqs[i, : lengths[i]]] for i in range(u)}
-    adjectives = rng.integers(len(ADJECTIVES), size=n)
-    used = np.unique(np.concatenate([seqs[i, : lengths[i]] for i in range(u)]))
-    titles = {
-        f"i{j}": f"{ADJECTIVES[adjectives[j]]} {THEMES[cluster[j] % len(THEMES)]}"
-        f"{'' if cluster[j] < len(THEMES) else ' ' + str(cluster[j] // len(THEMES) + 1)} No. {j}"
-        for j in used.tolist()
-    }
-    return RawData(sequences, titles, f"synthetic(seed={spec.seed}, users={u}, items={n})")
+    return seqs
 
 
 def spec_for(name: str, seed: int = 0) -> SyntheticSpec:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from darec.data import DataError, RawData, SequenceDataset, build_dataset
 from darec.data import read_path
 from darec.data.formats import CONTROL
@@ -228,7 +230,7 @@ def _silent(folder: Path, fmt: str, raw: RawData, dataset: SequenceDataset) -> s
         text = (folder / next(iter(SEEDS[fmt]))).read_bytes().decode("utf-8-sig")
         lines = [line for line in text.split("\n") if line.strip()]
         expected = len(lines) - (fmt != "txt")  # less the header
-        got = sum(map(len, raw.sequences.values())) if fmt != "txt" else len(raw.sequences)
+        got = raw.n_interactions if fmt != "txt" else len(np.unique(raw.users))
         if got != expected:
             return f"{expected} data lines but {got} {'interactions' if fmt != 'txt' else 'users'} read"
     return ""

@@ -18,7 +18,8 @@ from darec.train.run import load_run
 
 class Recommender:
     def __init__(self, run_dir: str | Path, device: str = "auto", chunk: int | None = None):
-        """``chunk``: items scored at once for top-k (None: the run's ``train.eval_chunk``; 0: sized from free memory)."""
+        """``chunk``: items scored at once for top-k (None: the run's ``train.eval_chunk``; 0:
+        automatic, see :func:`darec.models.catalogue.chunk_size`)."""
         self.run_dir = Path(run_dir)
         loaded = load_run(self.run_dir, device)
         self.model, self.config, self.run_state = loaded.model, loaded.config, loaded.state

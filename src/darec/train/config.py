@@ -56,8 +56,8 @@ class TrainConfig:
                 "faster on a CPU); on; off.")
     eval_batch_size: int = option(512, "Users per evaluation batch.", low=1)
     eval_chunk: int = option(0, "Items scored at once when ranking the catalogue (evaluation, recommend): memory "
-                                "grows with eval_batch_size x eval_chunk, not with the catalogue. 0 = sized from "
-                                "free memory (at most 512 MiB of scores).", low=0)
+                                "grows with eval_batch_size x eval_chunk, not with the catalogue. 0 = automatic: "
+                                "what stays in cache on a CPU (faster), up to 512 MiB on a GPU, within free memory.", low=0)
     valid_users: int = option(0, "Validate during training on a fixed random sample of this many users (0 = all): "
                                  "cheaper validation on large data sets, a noisier early-stopping signal. The "
                                  "final validation and test rows always use every user.", low=0)

@@ -81,7 +81,8 @@ def evaluate(
 
 
 def _check_finite(scores: Tensor, batch: int) -> None:
-    broken = (scores.isnan() | (scores == float("inf"))).any(1)
+    top = scores.amax(1)  # NaN wins a max, so one pass finds NaN and +inf alike
+    broken = top.isnan() | (top == float("inf"))
     if broken.any():
         raise NonFiniteScores(f"the model scores items NaN or infinite for {int(broken.sum())} of {batch} users in a "
                               "batch: it has diverged (too high a learning rate, or a temperature near 0?)")
@@ -126,7 +127,7 @@ def evaluate_many(
     chunk: int = 0,
 ) -> list[dict[str, float] | dict[str, np.ndarray]]:
     """:func:`evaluate` under several settings from one scoring pass (the model runs once).
-    The catalogue is scored ``chunk`` items at a time (0: sized from free memory)."""
+    The catalogue is scored ``chunk`` items at a time (0: automatic, see :func:`darec.models.catalogue.chunk_size`)."""
     for protocol, _, negatives in settings:
         if protocol == "sampled" and negatives is None:
             raise ValueError("the sampled protocol needs negatives")

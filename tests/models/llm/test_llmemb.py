@@ -31,7 +31,7 @@ def test_augmentation_gives_valid_different_views() -> None:
 
 
 def test_items_with_free_text_get_its_sentences() -> None:
-    raw = RawData({"u": ["a", "b", "c"]}, {"a": "Sanding roll 80 grit. Industrial & Scientific. PORTER-CABLE."})
+    raw = RawData.from_sequences({"u": ["a", "b", "c"]}, {"a": "Sanding roll 80 grit. Industrial & Scientific. PORTER-CABLE."})
     data = build_dataset(raw, "t")
     assert item_attributes(data, 1) == [("description", "Sanding roll 80 grit"), ("description", "Industrial & Scientific"),
                                         ("description", "PORTER-CABLE")]
