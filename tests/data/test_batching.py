@@ -46,3 +46,30 @@ def test_pad_trim_and_buckets() -> None:
     assert sorted(torch.cat(batches).tolist()) == list(range(1000))  # every row once
     spread = np.mean([float(lengths[b].max() - lengths[b].min()) for b in batches])
     assert spread < 10  # rows of similar length share a batch (random batches would spread ~45)
+
+
+def reference_windows(sequences: list[np.ndarray], max_len: int, context: int, per_sequence: int) -> tuple[list, list]:
+    """The windows as the rule reads, one at a time: from the end, each overlapping the next by context + 1."""
+    windows, skips = [], []
+    for seq in sequences:
+        end, taken = len(seq), 0
+        while end >= 2 and (per_sequence <= 0 or taken < per_sequence):
+            taken += 1
+            start = max(0, end - max_len - 1)
+            windows.append(list(seq[start:end]) + [0] * (max_len + 1 - (end - start)))
+            skips.append(context if start > 0 else 0)
+            end = start + 1 + context
+            if start == 0:
+                break
+        if taken == per_sequence and skips and skips[-1]:
+            skips[-1] = 0
+    return windows, skips
+
+
+@pytest.mark.parametrize("max_len, context, per_sequence", [(6, 0, 0), (6, 2, 0), (6, 5, 0), (4, 1, 2), (10, 3, 1)])
+def test_windows_cut_on_arrays_equal_the_rule_applied_one_by_one(max_len: int, context: int, per_sequence: int) -> None:
+    rng = np.random.default_rng(max_len + context)
+    sequences = [rng.integers(1, 50, size=n) for n in rng.integers(0, 40, size=60)]
+    items, skip = training_windows(sequences, max_len, context, per_sequence)
+    windows, skips = reference_windows(sequences, max_len, context, per_sequence)
+    assert items.tolist() == windows and skip.tolist() == skips

@@ -34,7 +34,7 @@ def data_stats(
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write <name>.inter and <name>.item into.")],
-    size: Annotated[str, typer.Option(help="tiny, small, medium, large or xl.")] = "small",
+    size: Annotated[str, typer.Option(help="tiny, small, medium, large, xl or xxl (~50M interactions).")] = "small",
     users: Annotated[Optional[int], typer.Option(help="Override the number of users.")] = None,
     items: Annotated[Optional[int], typer.Option(help="Override the number of items.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

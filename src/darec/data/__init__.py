@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from darec.data.cache import cached
 from darec.data.dataset import SequenceDataset, build_dataset, kcore
 from darec.data.formats import DataError, RawData, read_atomic, read_csv, read_presplit, read_user_lines
 from darec.data.synthetic import PRESETS, SyntheticSpec, generate, spec_for
@@ -38,37 +39,57 @@ def download_root(data_root: str | Path | None = None) -> Path:
     return Path(os.environ["DAREC_DATA"]) if os.environ.get("DAREC_DATA") else DOWNLOAD_ROOT
 
 
-def read_path(path: Path) -> RawData:
-    """Read a file or a folder in any supported format, recognised by its file names."""
+def source_files(path: Path) -> list[Path]:
+    """The data file a path stands for (a folder: the file found in it, as :func:`read_path`
+    picks it) and the companion files its reader also reads, where they exist."""
     if path.is_dir():
         # RecBole convention first: <dir>/<dir name>.inter, then whatever single format is there.
         candidates = [path / f"{path.name}.inter", *sorted(path.glob("*.train.inter")), path / "ratings.csv",
                       *sorted(path.glob("*.inter")), *sorted(path.glob("*.csv")), *sorted(path.glob("*.txt"))]
         for candidate in candidates:
             if candidate.is_file():
-                return read_path(candidate)
+                return source_files(candidate)
         raise DataError(path, "no data file found (expected *.inter, *.train.inter, ratings.csv, *.csv or *.txt)")
+    name = path.name
+    if name.endswith(".train.inter"):
+        prefix = name[: -len(".train.inter")]
+        files = [path.parent / f"{prefix}.{part}" for part in ("train.inter", "valid.inter", "test.inter", "text", "item2index")]
+        return files[:3] + [f for f in files[3:] if os.path.lexists(f)]
+    if name.endswith(".inter"):
+        return [path, *([path.with_suffix(".item")] if os.path.lexists(path.with_suffix(".item")) else [])]
+    if name.endswith(".csv"):
+        return [path, *_csv_items(path)]
+    return [path]
+
+
+def _csv_items(path: Path) -> list[Path]:
+    """The item table beside a CSV of interactions (movies.csv or items.csv), if any."""
+    return [p for p in (path.parent / "movies.csv", path.parent / "items.csv") if p.is_file() and p != path][:1]
+
+
+def read_path(path: Path) -> RawData:
+    """Read a file or a folder in any supported format, recognised by its file names."""
+    path = source_files(path)[0]
     name = path.name
     if name.endswith(".train.inter"):
         return read_presplit(path.parent / name[: -len(".train.inter")])
     if name.endswith(".inter"):
         return read_atomic(path)
     if name.endswith(".csv"):
-        items = next((p for p in (path.parent / "movies.csv", path.parent / "items.csv") if p.is_file() and p != path), None)
-        return read_csv(path, items)
+        items = _csv_items(path)
+        return read_csv(path, items[0] if items else None)
     return read_user_lines(path)  # which refuses what is not a regular file
 
 
-def read_raw(name: str, data_root: str | Path | None = None, seed: int = 0) -> RawData:
-    if name == "synthetic" or name.startswith("synthetic-"):
-        return generate(spec_for(name, seed))
+def locate(name: str, data_root: str | Path | None = None) -> Path:
+    """The path a data set name or path stands for."""
     path = Path(name).expanduser()
     if path.exists():
-        return read_path(path)
+        return path
     roots = data_roots(data_root)
     for root in roots:
         if (root / name).exists():
-            return read_path(root / name)
+            return root / name
     hint = " Try `darec data download " + name + "`." if not name.startswith(("/", ".")) else ""
     raise DataError(
         name,
@@ -77,7 +98,18 @@ def read_raw(name: str, data_root: str | Path | None = None, seed: int = 0) -> R
     )
 
 
+def read_raw(name: str, data_root: str | Path | None = None, seed: int = 0) -> RawData:
+    if name == "synthetic" or name.startswith("synthetic-"):
+        return generate(spec_for(name, seed))
+    return read_path(locate(name, data_root))
+
+
 def load_dataset(name: str, data_root: str | Path | None = None, k_core: int = 0, seed: int = 0) -> SequenceDataset:
-    """A named data set, ``synthetic[-size]``, or a path in any supported format, split leave-one-out."""
+    """A named data set, ``synthetic[-size]``, or a path in any supported format, split
+    leave-one-out. A file's data set is cached beside it, keyed by the files' checksum (see
+    :mod:`darec.data.cache`), so loading it again maps the arrays back at once."""
     display = Path(name).name if Path(name).exists() else name
-    return build_dataset(read_raw(name, data_root, seed), display, k_core)
+    if name == "synthetic" or name.startswith("synthetic-"):
+        return build_dataset(read_raw(name, data_root, seed), display, k_core)
+    path = locate(name, data_root)
+    return cached(source_files(path), k_core, display, lambda: build_dataset(read_path(path), display, k_core))
