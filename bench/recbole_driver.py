@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--data-path", type=Path, help="folder holding <dataset>/<dataset>.inter (default: the workdir's data)")
+    parser.add_argument("--load-only", action="store_true",
+                        help="only load, split and build the training samples; print seconds and peak memory")
     args = parser.parse_args()
 
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -62,7 +65,7 @@ def main() -> None:
     if args.user_lines:
         write_user_lines_as_atomic(args.user_lines, args.workdir / "data" / args.dataset, args.dataset)
     config = Config(model="SASRec", dataset=args.dataset, config_dict={
-        "data_path": str(args.workdir / "data"),
+        "data_path": str(args.data_path or args.workdir / "data"),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "MAX_ITEM_LIST_LENGTH": args.max_len,
@@ -76,8 +79,17 @@ def main() -> None:
     })
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    start = time.perf_counter()
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    if args.load_only:
+        import resource
+
+        print(json.dumps({"seconds": time.perf_counter() - start, "users": int(dataset.user_num) - 1,
+                          "items": int(dataset.item_num) - 1, "interactions": len(dataset.inter_feat),
+                          "train_samples": len(train_data.dataset), "recbole": recbole.__version__,
+                          "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)
+        return
     model = SASRec(config, train_data.dataset).to(config["device"])
     trainer = Trainer(config, model)
 

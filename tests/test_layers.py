@@ -1,4 +1,4 @@
-"""The layers point one way: ``config/io/device -> data -> models -> train -> search/serve ->
+"""The layers point one way: ``config/io/device/distributed -> data -> models -> train -> search/serve ->
 cli``. A module imports only from its own layer or those below, at the top of the file or
 inside a function alike (a late import is still a dependency)."""
 
@@ -11,7 +11,7 @@ import darec
 
 SOURCE = Path(darec.__file__).parent
 # darec.X -> layer; a module's layer is that of its longest listed prefix.
-LAYERS = {"darec": 0, "darec.config": 0, "darec.io": 0, "darec.device": 0, "darec.data": 1, "darec.models": 2,
+LAYERS = {"darec": 0, "darec.config": 0, "darec.io": 0, "darec.device": 0, "darec.distributed": 0, "darec.data": 1, "darec.models": 2,
           "darec.train": 3, "darec.search": 4, "darec.serve": 4, "darec.cli": 5, "darec.__main__": 5,
           "darec.reliability": 5}
 

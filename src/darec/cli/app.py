@@ -73,6 +73,7 @@ def default_run_dir(dataset: str, model: str) -> Path:
 def train_run(config_path: Optional[Path], model: Optional[str], dataset: Optional[str], overrides: list[str],
               run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> list[dict]:
     """Train (or resume), then print the metrics table and where the run is; returns the result rows."""
+    from darec.distributed import launched_world
     from darec.train import Trainer, build_config
 
     try:
@@ -87,15 +88,19 @@ def train_run(config_path: Optional[Path], model: Optional[str], dataset: Option
             if dataset:
                 overrides = [f"data.dataset={dataset}", *overrides]
             config = build_config(values, overrides, model=model, source=str(config_path or "--set"))
+            if run_dir is None and launched_world() > 1:  # each process would name its own by the clock
+                fail(ConfigError("under torchrun or accelerate launch, name the run directory: --run-dir DIR"))
             run_dir = run_dir or default_run_dir(config.data.dataset, config.model.name)
             trainer = Trainer(config, run_dir, console=err, progress=progress)
         stats = trainer.dataset.stats()
         # Said once the data has loaded: a bad --dataset fails before any run directory is named.
-        err.log(f"run directory: {run_dir}")
-        err.log(f"{stats['dataset']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions")
+        trainer.console.log(f"run directory: {run_dir}")
+        trainer.console.log(f"{stats['dataset']}: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions")
         rows = trainer.fit()
     except USER_ERRORS as exc:
         fail(exc)
+    if not trainer.main:  # under a launcher, one process reports
+        return rows
     console.print(metrics_table(rows, f"{trainer.config.model.name} on {stats['dataset']} (leave-one-out)"))
     console.print(f"run directory: [bold]{run_dir}[/]  (try `darec recommend {run_dir} --history ID,ID,...`)")
     return rows

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from darec.data.batching import pad_right, trim
 from darec.data.dataset import SequenceDataset
+from darec.distributed import Group, gather
 from darec.errors import DarecError, InputError
 from darec.models import SequentialRecommender
 from darec.models.catalogue import CatalogueScores, mask_items
@@ -70,6 +71,7 @@ def evaluate(
     ks: tuple[int, ...] = KS,
     per_user: bool = False,
     chunk: int = 0,
+    group: Group = Group(),
 ) -> dict[str, float] | dict[str, np.ndarray]:
     """Mean HR/NDCG/MRR@K over users (or per-user values with ``per_user``).
 
@@ -77,7 +79,8 @@ def evaluate(
     user's earlier items from the candidates. ``sampled``: the target is ranked against
     ``negatives`` (one row per user, e.g. from :func:`sample_negatives`).
     """
-    return evaluate_many(model, histories, targets, [(protocol, exclude_history, negatives)], batch_size, ks, per_user, chunk)[0]
+    return evaluate_many(model, histories, targets, [(protocol, exclude_history, negatives)], batch_size, ks, per_user, chunk,
+                         group)[0]
 
 
 def _check_finite(scores: Tensor, batch: int) -> None:
@@ -125,12 +128,16 @@ def evaluate_many(
     ks: tuple[int, ...] = KS,
     per_user: bool = False,
     chunk: int = 0,
+    group: Group = Group(),
 ) -> list[dict[str, float] | dict[str, np.ndarray]]:
     """:func:`evaluate` under several settings from one scoring pass (the model runs once).
-    The catalogue is scored ``chunk`` items at a time (0: automatic, see :func:`darec.models.catalogue.chunk_size`)."""
+    The catalogue is scored ``chunk`` items at a time (0: automatic, see :func:`darec.models.catalogue.chunk_size`).
+    In a group of processes each scores its share of the users, and every process gets all users' results."""
     for protocol, _, negatives in settings:
         if protocol == "sampled" and negatives is None:
             raise ValueError("the sampled protocol needs negatives")
+    if group.world > 1:
+        return _sharded(model, histories, targets, settings, batch_size, ks, per_user, chunk, group)
     was_training = model.training
     model.eval()
     device = next(iter(model.state_dict().values())).device
@@ -166,8 +173,25 @@ def evaluate_many(
     return results
 
 
+def _sharded(model: SequentialRecommender, histories: Sequence[np.ndarray], targets: np.ndarray, settings: Sequence[Setting],
+             batch_size: int, ks: tuple[int, ...], per_user: bool, chunk: int, group: Group) -> list[dict[str, Any]]:
+    mine = np.arange(len(targets))[group.shard(len(targets))]
+    local = evaluate_many(model, [histories[i] for i in mine], targets[mine],
+                          [(p, e, None if n is None else n[mine]) for p, e, n in settings], batch_size, ks, per_user=True,
+                          chunk=chunk)
+    parts = gather(group, (mine, local))
+    results = []
+    for s in range(len(settings)):
+        joined = {name: np.zeros(len(targets)) for name in local[s]}
+        for rows, out in parts:
+            for name, values in out[s].items():
+                joined[name][rows] = values
+        results.append(joined if per_user else {name: float(v.mean()) for name, v in joined.items()})
+    return results
+
+
 def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
-                console: Console | None = None, run_dir: Path | None = None) -> list[dict[str, Any]]:
+                console: Console | None = None, run_dir: Path | None = None, group: Group = Group()) -> list[dict[str, Any]]:
     """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
     history kept and excluded (papers differ; every row says which), and the sampled protocol.
     With ``run_dir``, each test user's metrics (full ranking, history as trained) are saved there.
@@ -189,10 +213,10 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
         scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, exclude in settings],
-                               t.eval_batch_size, per_user=True, chunk=t.eval_chunk)
+                               t.eval_batch_size, per_user=True, chunk=t.eval_chunk, group=group)
         for (protocol, exclude), per_user in zip(settings, scored):
             rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
                                    variant=variant))
-            if run_dir is not None and split == "test" and protocol == "full" and exclude == t.exclude_history:
+            if run_dir is not None and group.main and split == "test" and protocol == "full" and exclude == t.exclude_history:
                 RunDir(run_dir).write_per_user(split, per_user)  # for paired comparisons between runs (darec compare)
     return rows

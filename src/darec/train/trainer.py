@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,6 +25,7 @@ from darec.config import ConfigError
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
+from darec.distributed import barrier, join, launched_rank, mean, process_device
 from darec.io import (DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json,
                       remove_temporaries, save_figure, sha256)
 from darec.models import build_model
@@ -48,6 +50,22 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)  # process-wide: set both ways, so one run's choice does not leak
 
 
+def process_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of process ``rank`` (> 0) of a group, from epoch ``epoch`` on."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
+
+
+class LossOf(torch.nn.Module):
+    """A model's training loss as a module's forward, which is what DDP wraps."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model.loss(batch)
+
+
 def lr_factor(schedule: str, warmup: int, total: int, step: int) -> float:
     """The learning rate's multiplier at ``step``: a linear rise over ``warmup`` steps, then
     constant, or a linear or half-cosine decay reaching 0 at step ``total``."""
@@ -67,8 +85,10 @@ class Trainer:
         hit its epoch cap: only the train keys in RESUME_KEYS may change."""
         self.run_dir = Path(run_dir)
         self.run = RunDir(run_dir)
-        self.console = console or Console(stderr=True, log_path=False)
-        self.show_progress = progress
+        # Under a launcher (torchrun, accelerate launch) only the first process writes and prints.
+        self.main = launched_rank() == 0
+        self.console = (console or Console(stderr=True, log_path=False)) if self.main else Console(quiet=True)
+        self.show_progress = progress and self.main
         resume_state = None
         if resume:
             try:
@@ -84,7 +104,8 @@ class Trainer:
                 for reason in passed_over:
                     self.console.log(f"[yellow]{reason}; resuming from {resume_state['checkpoint']} "
                                      f"(epoch {resume_state['epoch']})")
-                check_writable(self.run_dir)
+                if self.main:
+                    check_writable(self.run_dir)
                 config, extended = self._resumed_config(list(overrides), resume_state)
         elif config is None:
             raise ConfigError("a config is needed for a new run")
@@ -92,7 +113,7 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run: resume it with --resume or pick another directory")
         else:
             config = with_absolute_paths(config)
-        if self.run_dir.is_dir():
+        if self.run_dir.is_dir() and self.main:
             left = remove_temporaries(self.run_dir)
             if left:
                 self.console.log(f"removed {len(left)} file(s) an interrupted write left in {self.run_dir}")
@@ -101,7 +122,8 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed, t.deterministic)
-        self.device = resolve_device(t.device)
+        self.device = process_device(resolve_device(t.device))
+        self.group = join(self.device)
         self.dataset = dataset or load_dataset(config.data.dataset, config.data.data_root, config.data.k_core, t.seed)
         self.model = build_model(config.model, self.dataset.n_items, config.data.max_len)
         self.model.prepare(self.dataset, load_companions(self.model, self.dataset))
@@ -124,15 +146,24 @@ class Trainer:
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
         self.optimizer = adamw(params, t.lr, t.weight_decay) if params else None
+        # Several processes: DDP averages the gradients of each process's share of a batch
+        # (and starts every process from the first one's weights). Buffers are not re-sent
+        # every step: ours are built from the data alike everywhere, or count (expert usage)
+        # what their own process saw. Some models leave parameters out of some steps.
+        self.ddp = DistributedDataParallel(LossOf(self.model), device_ids=[self.device.index] if self.device.type == "cuda"
+                                           else None, broadcast_buffers=False,
+                                           find_unused_parameters=True) if self.group.world > 1 and params else None
         self.scheduler = self._scheduler() if params else None
         self.valid = self._validation_users()
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
                                       "history": [], "finished": False, "checkpoint": None}
+        if self.group.rank > 0:  # dropout differs between processes; the batch order (self.generator) does not
+            torch.manual_seed(process_seed(t.seed, 0, self.group.rank))
         if resume_state is not None:
             self._restore(resume_state)
             if extended and self.state["finished"] and self.optimizer is not None:
                 self._reopen()
-        else:
+        elif self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run.config, config.to_yaml())
             self.dataset.save_id_map(self.run.id_map)
@@ -152,7 +183,7 @@ class Trainer:
     def _resumed_config(self, overrides: list[str], state: dict[str, Any]) -> tuple[RunConfig, bool]:
         """The run's saved config with ``overrides``, and whether they changed its budget."""
         new, diff = self._overridden(self.run.read_config(state), overrides, state["epoch"])
-        if diff:
+        if diff and self.main:
             atomic_write_text(self.run.config, new.to_yaml())
             state["config_sha256"] = sha256(self.run.config)
             self.run.write_state(state)
@@ -188,6 +219,14 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def _save_checkpoint(self, improved: bool) -> None:
+        """The first process writes the checkpoint (all hold the same weights); the others wait for it."""
+        if self.main:
+            self._write_checkpoint(improved)
+        else:
+            self.state["checkpoint"] = self.run.checkpoint(self.state["epoch"]).name
+        barrier(self.group)
+
+    def _write_checkpoint(self, improved: bool) -> None:
         """Write this epoch's metrics and checkpoint, commit them in the state, then (when it is
         the best so far) copy its weights to ``model.safetensors``; keep it and the one before it."""
         committed = self.state["checkpoint"]
@@ -233,7 +272,7 @@ class Trainer:
         if state.get("best_sha256"):
             try:
                 weights = self.run.best_weights(state)
-                if weights != self.run.best:  # a stop came between a commit and this copy, or the file was damaged
+                if weights != self.run.best and self.main:  # a stop came between a commit and this copy, or damage
                     copy_atomic(weights, self.run.best)
             except DamagedFile as exc:  # resumed from an older checkpoint: the epochs it trains again rewrite it
                 self.console.log(f"[yellow]{exc}")
@@ -242,7 +281,9 @@ class Trainer:
         folder = self.run_dir / self.state["checkpoint"]
         load_model_state(self.model, folder / BEST, self.device)
         rng = load_tensors(folder / RNG)
-        torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng["torch"])  # the first process's (of those that wrote it)
+        if self.group.rank > 0:
+            torch.manual_seed(process_seed(self.config.train.seed, state["epoch"], self.group.rank))
         self.generator.set_state(rng["shuffle"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -258,16 +299,21 @@ class Trainer:
         self.model.train()
         t = self.config.train
         total, batches = 0.0, 0
+        compute = self.ddp if self.ddp is not None else self.model.loss
         for step, index in enumerate(bucketed_batches(self.window_lengths, t.batch_size, self.generator)):
             if (t.steps_per_epoch and step == t.steps_per_epoch) or (step and self._out_of_time()):
                 break
+            if self.group.world > 1:  # each process trains on its share of the batch
+                if len(index) < self.group.world:
+                    continue  # a share would be empty: every process skips it alike
+                index = index[self.group.shard(len(index))]
             with autocast(self.device, self.precision):
-                loss = self.model.loss(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
+                loss = compute(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            value = loss.item()
+            value = mean(self.group, loss.item(), self.device)  # the same on every process, so all stop alike
             if not math.isfinite(value):  # before the step, so the weights stay as the last good batch left them
                 self._diverged(f"the training loss is {value} at step {step + 1}")
             self.optimizer.step()
@@ -285,7 +331,10 @@ class Trainer:
                               f"{' is the last good state' if last else ' was written'}.")
 
     def _out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
+        """Past ``max_minutes`` (decided together: clocks differ between processes)."""
+        if self.deadline is None:
+            return False
+        return mean(self.group, float(time.monotonic() > self.deadline), self.device) > 0
 
     def _validation_users(self) -> tuple[list[np.ndarray], np.ndarray]:
         """The validation histories and targets used while training: every user's, or a
@@ -301,7 +350,8 @@ class Trainer:
         histories, targets = self.valid
         t = self.config.train
         try:
-            return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, chunk=t.eval_chunk)
+            return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size,
+                            chunk=t.eval_chunk, group=self.group)
         except NonFiniteScores as exc:
             self._diverged(f"validation: {exc}")
 
@@ -312,8 +362,10 @@ class Trainer:
         self.deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         if self.optimizer is None and self.state["epoch"] == 0:
             # Nothing to train (e.g. most-popular): the prepared model is the final one.
-            save_tensors(self.run.best, model_state(self.model))
-            self.state.update(finished=True, best_sha256=sha256(self.run.best))
+            if self.main:
+                save_tensors(self.run.best, model_state(self.model))
+                self.state.update(best_sha256=sha256(self.run.best))
+            self.state.update(finished=True)
         steps = self._steps_per_epoch()
         progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -334,7 +386,7 @@ class Trainer:
                 summary = self.model.epoch_summary()
                 if summary:
                     row["model"] = summary
-                    for name, figure in self.model.figures(summary).items():
+                    for name, figure in self.model.figures(summary).items() if self.main else ():
                         save_figure(figure, self.run.figure(name))
                 improved = False
                 if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
@@ -362,14 +414,17 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
         self.state["finished"] = True
-        self.run.write_state(self.state)
+        if self.main:
+            self.run.write_state(self.state)
+        barrier(self.group)
         if not final_evaluation:
             return []
         load_model_state(self.model, self.run.best_weights(), self.device)
-        rows = result_rows(self.config, self.dataset, self.model, console=self.console, run_dir=self.run_dir)
+        rows = result_rows(self.config, self.dataset, self.model, console=self.console, run_dir=self.run_dir, group=self.group)
         for row in rows:
             row["best_epoch"] = self.state["best_epoch"]
-        atomic_write_json(self.run.results, rows)
+        if self.main:
+            atomic_write_json(self.run.results, rows)
         return rows
 
 

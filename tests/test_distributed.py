@@ -1,0 +1,97 @@
+"""Training under torchrun: two CPU processes (gloo) learn what one does with the same
+global batch and seed, write one run directory, and resume after a kill, under the same or
+another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from darec.distributed import Group
+from darec.train.run import RunDir
+
+# No dropout: then one process and two differ only in how a batch's loss is averaged.
+ARGS = ["--model", "sasrec", "--dataset", "synthetic-small", "--set", "dropout=0", "--set", "attn_dropout=0",
+        "--set", "threads=1", "--set", "patience=0", "--no-progress"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def darec(processes: int, *args: str) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "darec", *args]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={free_port()}",
+            "-m", "darec", *args]
+
+
+def run(processes: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(darec(processes, *args), capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def valid_ndcg(out: Path) -> list[float]:
+    return [json.loads(line)["valid"]["ndcg@10"] for line in RunDir(out).metrics.read_text().splitlines()]
+
+
+def test_a_group_shards_rows_without_overlap() -> None:
+    shares = [list(range(10))[Group(rank, 3).shard(10)] for rank in range(3)]
+    assert sorted(sum(shares, [])) == list(range(10)) and shares[0] == [0, 3, 6, 9]
+    assert Group().main and not Group(1, 2).main and Group().shard(4) == slice(0, 4, 1)
+
+
+def test_two_processes_learn_what_one_does_and_write_one_run(tmp_path: Path) -> None:
+    run(1, "train", *ARGS, "--run-dir", str(tmp_path / "one"), "--set", "epochs=3")
+    two = run(2, "train", *ARGS, "--run-dir", str(tmp_path / "two"), "--set", "epochs=3")
+    one_ndcg, two_ndcg = valid_ndcg(tmp_path / "one"), valid_ndcg(tmp_path / "two")
+    assert len(two_ndcg) == 3 and two_ndcg[-1] > 0.25  # it learned (chance is ~0.01)
+    assert all(abs(a - b) < 0.005 for a, b in zip(one_ndcg, two_ndcg)), (one_ndcg, two_ndcg)
+    assert two.stdout.count("sasrec on synthetic-small") == 1  # one process reports
+    rows = json.loads(RunDir(tmp_path / "two").results.read_text())
+    one_rows = json.loads(RunDir(tmp_path / "one").results.read_text())
+    # The final evaluation is sharded and gathered: every user counted once.
+    for a, b in zip(rows, one_rows):
+        assert a["split"] == b["split"] and abs(a["ndcg@10"] - b["ndcg@10"]) < 0.01
+
+
+def test_two_processes_resume_after_a_kill_under_two_or_one(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    whole = tmp_path / "whole"
+    run(2, "train", *ARGS, "--run-dir", str(whole), "--set", "epochs=4")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = subprocess.Popen(darec(2, "train", *ARGS, "--run-dir", str(out), "--set", "epochs=4"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and started.poll() is None:
+        state = RunDir(out).state
+        if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(started.pid, signal.SIGKILL)  # torchrun and both of its processes
+    started.wait()
+    done = json.loads(RunDir(out).state.read_text())["epoch"]
+    assert 1 <= done < 4, "the kill came too late to test a resume"
+    run(2, "train", "--resume", str(out), "--no-progress")
+    assert valid_ndcg(out) == pytest.approx(valid_ndcg(whole), abs=1e-6)  # as if never interrupted
+    # A run is resumable under another number of processes: here one, for two more epochs.
+    run(1, "train", "--resume", str(out), "--set", "epochs=6", "--no-progress")
+    assert len(valid_ndcg(out)) == 6 and valid_ndcg(out)[-1] > valid_ndcg(out)[0]
+
+
+def test_the_run_directory_must_be_named_under_a_launcher(tmp_path: Path) -> None:
+    done = subprocess.run(darec(1, "train", *ARGS, "--set", "epochs=1"), capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert done.returncode != 0 and "--run-dir" in done.stderr
