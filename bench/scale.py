@@ -161,10 +161,10 @@ GROWTH = {
 }
 
 
-def train_point(users: int, items: int, max_len: int, threads: int) -> dict[str, Any]:
+def train_point(users: int, items: int, max_len: int, mean_length: int, threads: int) -> dict[str, Any]:
     """In a fresh process: one SASRec epoch and one full validation on synthetic data of this size."""
     torch.set_num_threads(threads)
-    spec = SyntheticSpec(n_users=users, n_items=items, n_clusters=max(10, items // 200), mean_length=max(20, max_len),
+    spec = SyntheticSpec(n_users=users, n_items=items, n_clusters=max(10, items // 200), mean_length=mean_length,
                          min_length=5)
     dataset = build_dataset(generate(spec), f"synthetic-{users}-{items}-{max_len}")
     with tempfile.TemporaryDirectory() as run_dir:
@@ -234,7 +234,8 @@ def markdown(rows: list[Row]) -> str:
              "`equal`: every user's metrics identical to the whole path's."],
             ["check", "users", "items", "chunk", "seconds", "users/s", "peak GiB beyond model", "equal"], cells)
     if loads:
-        cells = [[r["dataset"], r["model"], r["variant"][5:], f"{r.get('interactions') or 0:,}", f"{r['seconds']:.1f}",
+        cells = [[r["dataset"], r["model"], r["variant"][5:], f"{r['interactions']:,}" if r.get("interactions") else "-",
+                  f"{r['seconds']:.1f}",
                   "-" if r.get("peak_memory_bytes") is None else f"{r['peak_memory_bytes'] / GIB:.2f}", r.get("failed") or ""]
                  for r in sorted(loads, key=lambda r: (r["dataset"], r["model"], r["variant"]))]
         text += "\n#" + markdown_table(
@@ -302,7 +303,9 @@ def main() -> None:
         size, values = GROWTH[check]
         for value in values:
             shape = {"users": 5_000, "items": 5_000, "max_len": 50, size: value}
-            result = in_fresh_process(shape["users"], shape["items"], shape["max_len"], args.threads, task=train_point)
+            mean_length = value if size == "max_len" else 20
+            result = in_fresh_process(shape["users"], shape["items"], shape["max_len"], mean_length, args.threads,
+                                      task=train_point)
             save_rows(args.results, [growth_row(check, result)], markdown)
             print(f"{check} {size}={value}: {result['seconds_per_epoch']:.1f} s/epoch, {result['eval_seconds']:.1f} s validation, "
                   f"peak {result['peak_memory_bytes'] / GIB:.2f} GiB", flush=True)

@@ -106,3 +106,18 @@ def test_known_sources_and_clear_errors(tmp_path: Path) -> None:
     assert all(s.checksum.split(":")[0] in ("md5", "sha256") for s in SOURCES.values())
     with pytest.raises(DownloadError, match="Did you mean 'ml-1m'"):
         download_dataset("ml-1n", tmp_path)
+
+
+def test_atomic_files_written_as_columns_read_back_as_the_same_data_set(tmp_path: Path) -> None:
+    import numpy as np
+
+    from darec.data import build_dataset, generate
+    from darec.data.synthetic import spec_for
+    from darec.data.download import write_atomic_files
+
+    raw = generate(spec_for("synthetic-tiny", 3))
+    inter = write_atomic_files(raw, tmp_path / "tiny", "tiny")
+    assert inter.read_text().splitlines()[0] == "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+    want, got = build_dataset(raw, "tiny"), load_dataset(str(inter))
+    assert got.user_ids == want.user_ids and got.item_ids == want.item_ids and got.item_text == want.item_text
+    assert all(np.array_equal(a, b) for a, b in zip(got.sequences, want.sequences))

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -48,24 +51,39 @@ def _write_rows(path: Path, header: str, rows: Iterable[tuple]) -> None:
             f.write("\t".join(str(v).replace("\t", " ").replace("\n", " ") for v in row) + "\n")
 
 
+INTER_HEADER = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
+ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"
+
+
 def write_atomic(out_dir: Path, name: str, inter: Iterable[InterRow], items: Iterable[ItemRow] | None = None) -> Path:
     """Write ``out_dir/name.inter`` (+ ``.item``) as RecBole atomic files, all or nothing."""
     with atomic_directory(out_dir) as tmp:
-        _write_rows(tmp / f"{name}.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float", inter)
+        _write_rows(tmp / f"{name}.inter", "\t".join(INTER_HEADER), inter)
         if items is not None:
-            _write_rows(tmp / f"{name}.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq", items)
+            _write_rows(tmp / f"{name}.item", ITEM_HEADER, items)
     return Path(out_dir) / f"{name}.inter"
 
 
 def write_atomic_files(raw: RawData, out_dir: Path, name: str) -> Path:
-    """Sequences as atomic files; the position in the sequence is the timestamp."""
+    """Sequences as atomic files; the position in the sequence is the timestamp. The
+    interactions are written as columns (pyarrow): 20M rows take seconds, not minutes."""
     order = raw.in_time_order()
     users, items = raw.users[order], raw.items[order]
     _, starts, counts = np.unique(users, return_index=True, return_counts=True)  # users sorted: one run each
     position = np.arange(len(users)) - np.repeat(starts, counts)
-    inter = ((raw.user_ids[u], raw.item_ids[i], 1.0, float(t)) for u, i, t in zip(users.tolist(), items.tolist(), position.tolist()))
-    items = ((item, text, "", "") for item, text in raw.item_text.items()) if raw.item_text else None
-    return write_atomic(out_dir, name, inter, items)
+
+    def ids(names: list[str]) -> pa.Array:
+        return pa.array([n.replace("\t", " ").replace("\n", " ") for n in names], pa.string())
+
+    table = pa.table(dict(zip(INTER_HEADER, [pc.take(ids(raw.user_ids), users), pc.take(ids(raw.item_ids), items),
+                                             pa.array(np.ones(len(users))), pa.array(position.astype(np.float64))])))
+    with atomic_directory(out_dir) as tmp:
+        with open(tmp / f"{name}.inter", "wb") as out:
+            out.write(("\t".join(INTER_HEADER) + "\n").encode())  # pyarrow would quote the header's names
+            pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
+        if raw.item_text:
+            _write_rows(tmp / f"{name}.item", ITEM_HEADER, ((item, text, "", "") for item, text in raw.item_text.items()))
+    return Path(out_dir) / f"{name}.inter"
 
 
 # -- converters: official archive -> atomic files ----------------------------------------------
