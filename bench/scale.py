@@ -251,7 +251,10 @@ def markdown(rows: list[Row]) -> str:
         text += "\n#" + markdown_table(
             "How cost grows (scale_growth.png)",
             ["One SASRec epoch (hidden 64, CE over all items, windows of max_len + 1, batch 32) and one full validation",
-             "(every user, full ranking), one thread, synthetic data; each point in a fresh process."],
+             "(every user, full ranking), one thread, synthetic data; each point in a fresh process. Others held at 5,000",
+             "users, 5,000 items, sequences of 20 (growth-length: of max_len) and max_len 50; `items` counts those that",
+             "occur (growth-items generated catalogues of 1k to 100k). The machine is shared (the other core trained an",
+             "LLM throughout): read the slopes, not single points, which vary run to run."],
             ["check", "users", "items", "max_len", "interactions", "s / epoch", "validation s", "peak GiB"], cells)
     return text
 
