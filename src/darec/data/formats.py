@@ -220,6 +220,7 @@ def _item_text(path: Path, delimiter: str, known_items: set[str]) -> tuple[dict[
     title = _find(header, TEXT_COLUMNS, path, "title", required=False)
     extras = [j for j, c in enumerate(header) if _bare(c) in EXTRA_TEXT_COLUMNS]
     columns = ([title] if title is not None else []) + extras
+    names = [(j, ATTRIBUTE_NAMES.get(_bare(header[j]), _bare(header[j]).replace("_", " "))) for j in columns]  # once, not per row
     texts: dict[str, str] = {}
     attributes: dict[str, list[tuple[str, str]]] = {}
     for number, fields in body:
@@ -228,8 +229,7 @@ def _item_text(path: Path, delimiter: str, known_items: set[str]) -> tuple[dict[
             raise DataError(path, f"duplicate item id {item!r}", number)
         if item not in known_items:
             raise DataError(path, f"item {item!r} has text but appears in no interaction", number)
-        pairs = [(ATTRIBUTE_NAMES.get(_bare(header[j]), _bare(header[j]).replace("_", " ")), fields[j].strip().replace("|", ", "))
-                 for j in columns]
+        pairs = [(name, fields[j].strip().replace("|", ", ")) for j, name in names]
         attributes[item] = [(key, value) for key, value in pairs if value]
         texts[item] = " | ".join(value for _, value in attributes[item])
     return texts, attributes
