@@ -70,6 +70,11 @@ RESULTS = HERE / "results" / "scale.json"
 GIB = 1 << 30
 
 
+def peak_rss() -> int:
+    """This process's highest resident size so far, in bytes (ru_maxrss counts kB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def random_users(n_users: int, n_items: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
     """Histories of 3 to 50 items (geometric lengths, mean ~ 20) and one target each."""
     rng = np.random.default_rng(seed)
@@ -105,7 +110,7 @@ def measure(n_users: int, n_items: int, chunk: int | None, batch_size: int, thre
         settings = [("full", False, None), ("full", True, None)]
         per_user = evaluate_many(model, histories, targets, settings, batch_size, per_user=True, chunk=chunk)[0]
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    peak = peak_rss()
     return {"seconds": seconds, "users_per_second": n_users / seconds, "peak_memory_bytes": max(0, peak - before),
             "model_rss_bytes": before, "per_user": {k: v.tolist() for k, v in per_user.items()}}
 
@@ -127,7 +132,7 @@ def load_and_cut(inter: str, cache: bool) -> dict[str, Any]:
     stats = dataset.stats()
     return {"seconds": done - start, "load_seconds": loaded - start, "split_window_seconds": done - loaded,
             "users": stats["users"], "items": stats["items"], "interactions": stats["interactions"],
-            "windows": len(windows), "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "windows": len(windows), "peak_memory_bytes": peak_rss()}
 
 
 def recbole_load(python: str, inter: Path, memory_gb: float) -> dict[str, Any]:
@@ -176,7 +181,7 @@ def train_point(users: int, items: int, max_len: int, mean_length: int, threads:
     return {"users": stats["users"], "items": stats["items"], "interactions": stats["interactions"], "max_len": max_len,
             "seconds_per_epoch": epoch["train_seconds"], "eval_seconds": epoch["eval_seconds"],
             "seconds": epoch["train_seconds"] + epoch["eval_seconds"],
-            "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_memory_bytes": peak_rss()}
 
 
 def growth_row(check: str, result: dict[str, Any]) -> Row:

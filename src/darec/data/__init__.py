@@ -69,15 +69,14 @@ def _csv_items(path: Path) -> list[Path]:
 
 def read_path(path: Path) -> RawData:
     """Read a file or a folder in any supported format, recognised by its file names."""
-    path = source_files(path)[0]
+    path, *companions = source_files(path)
     name = path.name
     if name.endswith(".train.inter"):
         return read_presplit(path.parent / name[: -len(".train.inter")])
     if name.endswith(".inter"):
         return read_atomic(path)
     if name.endswith(".csv"):
-        items = _csv_items(path)
-        return read_csv(path, items[0] if items else None)
+        return read_csv(path, companions[0] if companions else None)
     return read_user_lines(path)  # which refuses what is not a regular file
 
 
@@ -98,8 +97,12 @@ def locate(name: str, data_root: str | Path | None = None) -> Path:
     )
 
 
+def synthetic(name: str) -> bool:
+    return name == "synthetic" or name.startswith("synthetic-")
+
+
 def read_raw(name: str, data_root: str | Path | None = None, seed: int = 0) -> RawData:
-    if name == "synthetic" or name.startswith("synthetic-"):
+    if synthetic(name):
         return generate(spec_for(name, seed))
     return read_path(locate(name, data_root))
 
@@ -109,7 +112,7 @@ def load_dataset(name: str, data_root: str | Path | None = None, k_core: int = 0
     leave-one-out. A file's data set is cached beside it, keyed by the files' checksum (see
     :mod:`darec.data.cache`), so loading it again maps the arrays back at once."""
     display = Path(name).name if Path(name).exists() else name
-    if name == "synthetic" or name.startswith("synthetic-"):
+    if synthetic(name):
         return build_dataset(read_raw(name, data_root, seed), display, k_core)
-    path = locate(name, data_root)
-    return cached(source_files(path), k_core, display, lambda: build_dataset(read_path(path), display, k_core))
+    files = source_files(locate(name, data_root))
+    return cached(files, k_core, display, lambda: build_dataset(read_path(files[0]), display, k_core))

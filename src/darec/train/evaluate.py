@@ -91,9 +91,10 @@ def _check_finite(scores: Tensor, batch: int) -> None:
                               "batch: it has diverged (too high a learning rate, or a temperature near 0?)")
 
 
-def full_ranks(catalogue: CatalogueScores, targets: Tensor, seen: Tensor, excludes: Sequence[bool]) -> dict[bool, Tensor]:
-    """0-based rank of each target among all items, with the user's history kept (False)
-    and/or excluded (True; ``seen`` holds it, right-padded), from one walk over the catalogue.
+def full_ranks(catalogue: CatalogueScores, targets: Tensor, seen: Tensor | None, kept: bool = True) -> dict[bool, Tensor]:
+    """0-based rank of each target among all items with the user's history kept (False,
+    with ``kept``) and excluded (True, where ``seen`` holds it, right-padded), from one walk
+    over the catalogue.
 
     The rank counts the other items scored at least as high as the target, so ties are
     pessimistic, as in :func:`~darec.train.metrics.target_ranks`. A target the user has
@@ -101,8 +102,10 @@ def full_ranks(catalogue: CatalogueScores, targets: Tensor, seen: Tensor, exclud
     """
     target = catalogue.at(targets[:, None]).squeeze(1)
     _check_finite(target[:, None], len(targets))
-    threshold = {False: target, True: target.masked_fill((seen == targets[:, None]).any(1), float("-inf"))}
-    ranks = {exclude: torch.zeros_like(targets) for exclude in excludes}
+    threshold = {False: target} if kept else {}
+    if seen is not None:
+        threshold[True] = target.masked_fill((seen == targets[:, None]).any(1), float("-inf"))
+    ranks = {exclude: torch.zeros_like(targets) for exclude in threshold}
     rows = torch.arange(len(targets), device=targets.device)
     for start, scores in catalogue.chunks():
         _check_finite(scores, len(targets))
@@ -144,16 +147,19 @@ def evaluate_many(
     items, lengths = pad_right(histories, model.max_len)
     # Users in order of history length, so each batch is cut to its own longest history.
     order = np.argsort(lengths, kind="stable")
-    excludes = sorted({exclude for protocol, exclude, _ in settings if protocol == "full"})
+    keeping = any(protocol == "full" and not exclude for protocol, exclude, _ in settings)
+    excluding = any(protocol == "full" and exclude for protocol, exclude, _ in settings)
     values: list[dict[str, list[torch.Tensor]]] = [{} for _ in settings]
     for start in range(0, len(targets), batch_size):
         rows = order[start : start + batch_size]
         batch_targets = torch.from_numpy(targets[rows]).to(device)
         catalogue = CatalogueScores(model, trim(torch.from_numpy(items[rows])).to(device),
                                     torch.from_numpy(lengths[rows]).to(device), chunk)
-        seen = [histories[row] for row in rows]  # whole histories, not only the last max_len
-        seen_tensor = torch.from_numpy(pad_right(seen, max(map(len, seen)))[0]).to(device)
-        full = full_ranks(catalogue, batch_targets, seen_tensor, excludes) if excludes else {}
+        seen = None
+        if excluding:  # whole histories, not only the last max_len
+            whole = [histories[row] for row in rows]
+            seen = torch.from_numpy(pad_right(whole, max(map(len, whole)))[0]).to(device)
+        full = full_ranks(catalogue, batch_targets, seen, keeping) if keeping or excluding else {}
         for (protocol, exclude_history, negatives), out in zip(settings, values):
             if protocol == "full":
                 ranks = full[exclude_history]
