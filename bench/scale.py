@@ -9,7 +9,8 @@ Checks (``--checks``), each measured in a fresh process so its peak memory is it
   evaluation itself held at its worst, counted generously. ``eval-equal``: on a catalogue
   small enough to hold whole, the chunked evaluation's per-user metrics against those of
   the whole [users, items] score matrix ranked at once (the path darec had before), and
-  the peak memory of each.
+  the peak memory of each. ``eval-chunks``: the same evaluation over ``--items`` items for
+  1,024 users at chunks of 1k to 64k items, which is what the automatic size rests on.
 
 * ``load``: a RecBole atomic interaction file (``--inter``, e.g. 20M rows written by
   ``darec data synth --size xxl --users 1000000``) read, split leave-one-out and cut into
@@ -236,7 +237,8 @@ def markdown(rows: list[Row]) -> str:
             ["eval: full-ranking evaluation (history kept and excluded, one pass) of an untrained SASRec (hidden 64), random",
              "histories, batches of 512 users, one thread. Peak memory: the process's high-water mark minus its size once the",
              "model and data were built. `whole` is the path before chunking (a batch's users x items scores at once);",
-             "`equal`: every user's metrics identical to the whole path's."],
+             "`equal`: every user's metrics identical to the whole path's. eval-chunks: the same over 1M items for 1,024",
+             "users at fixed chunk sizes (what the automatic, cache-sized chunk on a CPU rests on)."],
             ["check", "users", "items", "chunk", "seconds", "users/s", "peak GiB beyond model", "equal"], cells)
     if loads:
         cells = [[r["dataset"], r["model"], r["variant"][5:], f"{r['interactions']:,}" if r.get("interactions") else "-",
@@ -266,7 +268,8 @@ def markdown(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checks", nargs="+", default=["eval", "eval-equal"], choices=["eval", "eval-equal", "load", *GROWTH])
+    parser.add_argument("--checks", nargs="+", default=["eval", "eval-equal"],
+                        choices=["eval", "eval-equal", "eval-chunks", "load", *GROWTH])
     parser.add_argument("--inter", type=Path, help="the interaction file of the load check")
     parser.add_argument("--recbole-python", default="/tmp/rbvenv/bin/python", help="RecBole's venv (see bench/README.md)")
     parser.add_argument("--recbole-memory-gb", type=float, default=14.0)
@@ -294,6 +297,12 @@ def main() -> None:
             rows.append(row("eval-equal", n_users, n_items, chunk, result, metrics_equal=equal))
             print(f"eval-equal, chunk {chunk or 'auto'}: metrics equal to the whole path: {equal}")
         save_rows(args.results, rows, markdown)
+    if "eval-chunks" in args.checks:  # what the automatic chunk size rests on: one run, each size in a fresh process
+        n_users = 1024
+        for chunk in (1024, 4096, 16384, 65536):
+            result = in_fresh_process(n_users, args.items, chunk, args.batch_size, args.threads)
+            save_rows(args.results, [row("eval-chunks", n_users, args.items, chunk, result)], markdown)
+            print(f"eval-chunks, chunk {chunk}: {result['seconds']:.1f} s", flush=True)
     if "load" in args.checks:
         if args.inter is None:
             parser.error("the load check needs --inter")

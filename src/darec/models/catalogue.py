@@ -19,7 +19,7 @@ from darec.models.base import SequentialRecommender, catalogue_scores
 # Bytes a score costs while a chunk is ranked: the float32 score, a comparison's bool and a copy.
 BYTES_PER_SCORE = 12
 # On a CPU a chunk whose scores stay in cache ranks ~3x faster than one of 64k items
-# (bench/scale.py); on an accelerator, bigger chunks mean fewer kernel launches.
+# (bench/scale.py --checks eval-chunks); on an accelerator, bigger chunks mean fewer kernel launches.
 CPU_CHUNK_BYTES = 1 << 23
 MAX_CHUNK_BYTES = 1 << 29
 MIN_CHUNK = 256
