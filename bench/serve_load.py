@@ -42,7 +42,7 @@ SASREC = ["model=sasrec", "epochs=30", "patience=5"]
 
 def markdown(rows: list[Row]) -> str:
     cells = [[r["model"], r["dataset"], str(r["concurrency"]), "on" if r["micro_batching"] else "off",
-              f"{r['requests_per_second']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}",
+              f"{r['requests_per_second']:,.{0 if r['requests_per_second'] >= 10 else 1}f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}",
               str(r["errors"]), f"{r['mean_batch_size']:.1f}", f"{r['seconds']:.0f}"]
              for r in sorted(rows, key=lambda r: (r["model"], r["dataset"], not r["micro_batching"], r["concurrency"]))]
     return markdown_table(
@@ -50,7 +50,9 @@ def markdown(rows: list[Row]) -> str:
         ["POST /recommend (k=10, a test user's history in original ids) from C concurrent clients on loopback, each sending",
          "its next request when the last is answered (aiohttp); latency as the client measures it. Micro-batching: the",
          "requests that arrived during a forward pass (up to 32) make the next one; off: one forward pass a request. Server",
-         "(uvicorn with uvloop and httptools, 1 torch thread) and client pinned to separate cores of the machine in each row."],
+         "(uvicorn with uvloop and httptools, 1 torch thread) and client pinned to separate cores of the machine in each row,",
+         "nothing else running (a busy machine cost a third of the throughput in earlier runs). darec-2-layers: the `cpu`",
+         "budget's DARec (2 of 30 layers, older rows); darec-30-layers: the `cpu-full` one, bf16, eager (serving does not compile)."],
         ["model", "dataset", "concurrency", "micro-batching", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",
          "mean batch", "seconds"], cells)
 
@@ -139,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR to serve (repeatable)")
     parser.add_argument("--dataset", default="ml-100k", help="without --run: train a SASRec on this data set and serve it")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 128])
     parser.add_argument("--seconds", type=float, default=15.0, help="how long each concurrency is driven")
     parser.add_argument("--server-cpus", default="0", help="cores the server is pinned to (taskset list)")
     parser.add_argument("--client-cpus", default="1", help="cores the load generator is pinned to")
