@@ -105,3 +105,22 @@ def test_the_llm_models_train_under_two_processes(tmp_path: Path, model: str) ->
     run(2, "train", *args, "--run-dir", str(tmp_path / "run"), "--set", "epochs=2")
     ndcg = valid_ndcg(tmp_path / "run")
     assert len(ndcg) == 2 and ndcg[-1] > 0.2  # a random ranking of 40 items gets ~0.11
+    # The frozen backbone split across the processes (FSDP2) trains the same model; only where its weights live differs.
+    sharded = run(2, "train", *args, "--run-dir", str(tmp_path / "sharded"), "--set", "epochs=2", "--set", "shard=layers")
+    assert "shard=layers:" in sharded.stderr and "split across 2" in sharded.stderr
+    assert valid_ndcg(tmp_path / "sharded") == pytest.approx(ndcg, abs=1e-4)
+    # Its checkpoints hold whole tensors, never a shard: one process resumes it.
+    run(1, "train", "--resume", str(tmp_path / "sharded"), "--set", "epochs=3", "--no-progress")
+    assert len(valid_ndcg(tmp_path / "sharded")) == 3
+
+
+def test_accelerates_fsdp_config_splits_the_layers(tmp_path: Path) -> None:
+    """``accelerate launch`` with FSDP on sets ACCELERATE_USE_FSDP; the run shards and keeps the setting."""
+    args = ["--model", "darec", "--dataset", "synthetic-tiny", "--set", "backbone=tiny", "--set", "item_tokens=4",
+            "--set", "max_len=10", "--set", "threads=1", "--set", "epochs=1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_FSDP": "true"}
+    done = subprocess.run(darec(2, "train", *args, "--run-dir", str(tmp_path / "run")), capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accelerate's FSDP config" in done.stderr
+    assert "shard: layers" in RunDir(tmp_path / "run").config.read_text()

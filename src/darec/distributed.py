@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ def launched_world() -> int:
 def launched_rank() -> int:
     """This process's rank as the launcher set it (0 alone), known before the group starts."""
     return int(os.environ.get("RANK", "0"))
+
+
+def sharding(setting: str) -> str:
+    """``train.shard`` as the launcher may set it: ``accelerate launch`` with an FSDP config
+    (``ACCELERATE_USE_FSDP``) asks for the layers to be split."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "layers"
+    return setting
 
 
 def join(device: torch.device) -> Group:
@@ -80,3 +89,47 @@ def gather(group: Group, value: Any) -> list[Any]:
 def barrier(group: Group) -> None:
     if group.world > 1:
         dist.barrier()
+
+
+def shard_frozen(model: nn.Module, regions: list[nn.Module], frozen: set[nn.Parameter],
+                 methods: tuple[str, ...] = ("loss", "user_states", "item_vectors", "score")) -> int:
+    """Split the ``frozen`` parameters of each region (an LLM's decoder layers) across the
+    processes with FSDP2 (``fully_shard``): each process keeps 1/N of them and gathers a
+    layer's whole weights only for its forward and backward. Every other parameter (the
+    trained adapters and heads) stays whole on every process; :func:`average_gradients` syncs
+    them. Only weights a model rebuilds from their source are split, so checkpoints never hold
+    a shard. Returns how many parameters are split."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    split: set[nn.Parameter] = set()
+    for region in regions:
+        params = list(region.parameters())
+        mine = {p for p in params if p in frozen}
+        if mine:
+            split |= mine
+            fully_shard(region, ignored_params={p for p in params if p not in mine})
+    if split:
+        # The model is the root (holding nothing itself): then a layer frees its gathered weights after
+        # its forward (a root keeps them), and the methods callers use, not only forward, start a pass.
+        fully_shard(model, ignored_params={p for p in model.parameters() if p not in split})
+        for name in methods:
+            if hasattr(model, name):
+                register_fsdp_forward_method(model, name)
+    return sum(p.numel() for p in split)
+
+
+def average_gradients(group: Group, params: list[nn.Parameter]) -> None:
+    """Average the gradients of parameters every process holds whole, as DDP would, in one
+    all-reduce. A parameter no process used (an expert no token was routed to) keeps none.
+    (DDP itself cannot wrap a model whose layers FSDP holds: it would broadcast and hook the
+    sharded weights too. The parameters trained there are adapters: few, so one reduce does.)"""
+    if group.world == 1 or not params:
+        return
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params] + [used])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, anyone in zip(params, flat[-len(params):].tolist()):
+        n = p.numel()
+        p.grad = (flat[offset: offset + n] / group.world).view_as(p).to(p.dtype) if anyone else None
+        offset += n

@@ -54,6 +54,11 @@ class TrainConfig:
         "auto", "torch.compile the model's repeated blocks (an LLM's decoder layers, one compilation for all). auto: "
                 "for pretrained backbones of 10M+ parameters where compiling works (~20 s once; DARec trains 1.3x "
                 "faster on a CPU); on; off.")
+    shard: Literal["off", "layers"] = option(
+        "off", "Under a launcher (torchrun, accelerate launch): off = every process holds the whole model (DDP); "
+               "layers = a pretrained backbone's frozen layer weights are split across the processes (FSDP2), for a "
+               "backbone that does not fit one device (also set by accelerate's FSDP config). Models without one "
+               "train as with off.")
     eval_batch_size: int = option(512, "Users per evaluation batch.", low=1)
     eval_chunk: int = option(0, "Items scored at once when ranking the catalogue (evaluation, recommend): memory "
                                 "grows with eval_batch_size x eval_chunk, not with the catalogue. 0 = automatic: "

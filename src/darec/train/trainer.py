@@ -24,8 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from darec.config import ConfigError
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
-from darec.device import adamw, apply_compile, apply_precision, autocast, resolve_device
-from darec.distributed import barrier, join, launched_rank, mean, process_device
+from darec.device import adamw, apply_compile, apply_precision, autocast, pretrained_parameters, resolve_device
+from darec.distributed import (Group, average_gradients, barrier, join, launched_rank, mean, process_device, shard_frozen,
+                               sharding)
 from darec.io import (DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json,
                       remove_temporaries, save_figure, sha256)
 from darec.models import build_model
@@ -38,7 +39,7 @@ from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STA
 SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
 BUDGET_KEYS = ("epochs", "patience", "max_minutes")
-RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "compile", "eval_batch_size", "eval_chunk")
+RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "compile", "shard", "eval_batch_size", "eval_chunk")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -133,7 +134,9 @@ class Trainer:
             self.console.log("precision auto: bf16 (this CPU multiplies bf16 natively; the frozen backbone is held in bf16, "
                              "the trained parts in fp32; precision=fp32 to turn it off)")
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
-        if apply_compile(self.model, self.device, t.compile):
+        t.shard = sharding(t.shard)  # the run keeps it, as a launcher's FSDP config asked
+        self.sharded = self._shard(t.shard)
+        if not self.sharded and apply_compile(self.model, self.device, t.compile):
             self.console.log("compiling the model's repeated blocks (once, in the first steps)")
         params = [p for p in self.model.parameters() if p.requires_grad]
         trainable, total = trainable_parameters(self.model)
@@ -146,13 +149,17 @@ class Trainer:
         self.windows, self.skip = torch.from_numpy(windows), torch.from_numpy(skip)
         self.window_lengths = (self.windows > 0).sum(1)
         self.optimizer = adamw(params, t.lr, t.weight_decay) if params else None
+        self.trained = params
         # Several processes: DDP averages the gradients of each process's share of a batch
         # (and starts every process from the first one's weights). Buffers are not re-sent
         # every step: ours are built from the data alike everywhere, or count (expert usage)
         # what their own process saw. Some models leave parameters out of some steps.
         self.ddp = DistributedDataParallel(LossOf(self.model), device_ids=[self.device.index] if self.device.type == "cuda"
-                                           else None, broadcast_buffers=False,
-                                           find_unused_parameters=True) if self.group.world > 1 and params else None
+                                           else None, broadcast_buffers=False, find_unused_parameters=True) \
+            if self.group.world > 1 and params and not self.sharded else None
+        # Sharded layers run in step on every process, so each evaluates every user (sharing them out would
+        # leave one process waiting in a layer the others never call); the first one writes.
+        self.eval_group = Group() if self.sharded else self.group
         self.scheduler = self._scheduler() if params else None
         self.valid = self._validation_users()
         self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "bad_evals": 0,
@@ -206,6 +213,24 @@ class Trainer:
             raise ConfigError(f"--set train.epochs={new.train.epochs}: this run has already trained {done} epochs; "
                               "a resumed run's budget can only cover what it has done")
         return new, diff
+
+    def _shard(self, setting: str) -> bool:
+        """Split the frozen backbone across the processes (``train.shard=layers``); whether it was."""
+        if setting == "off" or self.group.world == 1:
+            return False
+        if os.environ.get("ACCELERATE_USE_FSDP"):
+            self.console.log("accelerate's FSDP config: shard=layers (its other FSDP settings are not read)")
+        regions = list(self.model.compile_regions())
+        pretrained = pretrained_parameters(self.model)
+        frozen = {p for name, p in self.model.named_parameters() if name in pretrained}
+        split = shard_frozen(self.model, regions, frozen) if regions else 0
+        if not split:
+            self.console.log(f"shard=layers: {self.config.model.name} has no pretrained layers to split; "
+                             "every process holds the whole model (DDP)")
+            return False
+        self.console.log(f"shard=layers: {split:,} frozen backbone parameters split across {self.group.world} processes "
+                         "(FSDP2); not compiled")
+        return True
 
     def _reopen(self) -> None:
         """Let a finished run go on when its new budget allows more epochs than it stopped at."""
@@ -311,6 +336,8 @@ class Trainer:
                 loss = compute(Batch(trim(self.windows[index]), self.skip[index]).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.sharded:
+                average_gradients(self.group, self.trained)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             value = mean(self.group, loss.item(), self.device)  # the same on every process, so all stop alike
@@ -351,7 +378,7 @@ class Trainer:
         t = self.config.train
         try:
             return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size,
-                            chunk=t.eval_chunk, group=self.group)
+                            chunk=t.eval_chunk, group=self.eval_group)
         except NonFiniteScores as exc:
             self._diverged(f"validation: {exc}")
 
@@ -420,7 +447,8 @@ class Trainer:
         if not final_evaluation:
             return []
         load_model_state(self.model, self.run.best_weights(), self.device)
-        rows = result_rows(self.config, self.dataset, self.model, console=self.console, run_dir=self.run_dir, group=self.group)
+        rows = result_rows(self.config, self.dataset, self.model, console=self.console,
+                           run_dir=self.run_dir if self.main else None, group=self.eval_group)
         for row in rows:
             row["best_epoch"] = self.state["best_epoch"]
         if self.main:
