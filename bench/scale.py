@@ -28,12 +28,18 @@ Checks (``--checks``), each measured in a fresh process so its peak memory is it
   length together). Each point in a fresh process: seconds per epoch, evaluation seconds
   and the peak resident size, drawn in ``scale_growth.png``.
 
+* ``shard``: DARec on the real SmolLM2 (all 30 layers, bf16 backbone) trained for a few
+  steps by two processes under torchrun, as DDP (``shard=off``, each process holds the
+  whole backbone) and with the frozen layers split (``shard=layers``, FSDP2): per process,
+  the bytes of parameters it holds, its peak resident size, and seconds a step.
+
 Rows go to bench/results/scale.json (and scale.md): ``check``, ``users``, ``items``,
 ``seconds``, ``users_per_second``, ``peak_memory_bytes`` and what each check adds.
 
     python bench/scale.py --checks eval eval-equal
     darec data synth /tmp/synth20m --size xxl --users 1000000
     python bench/scale.py --checks load --inter /tmp/synth20m/synth20m.inter
+    python bench/scale.py --checks shard
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ import multiprocessing
 import os
 import resource
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -185,6 +193,51 @@ def train_point(users: int, items: int, max_len: int, mean_length: int, threads:
             "peak_memory_bytes": peak_rss()}
 
 
+SHARD_RUN = ["model=darec", "dataset=synthetic-small", "backbone=smollm2", "item_tokens=8", "max_len=20",
+             "windows_per_user=1", "batch_size=8", "epochs=1", "valid_users=16", "threads=1", "precision=bf16",
+             "compile=off"]  # shard=layers does not compile: both alike
+
+
+def shard_worker(shard: str, steps: int, out: Path) -> None:
+    """Under torchrun: a few DARec steps with ``shard``; each process writes what it held."""
+    from torch.distributed.tensor import DTensor
+
+    rank = int(os.environ["RANK"])
+    config = build_config(overrides=[*SHARD_RUN, f"shard={shard}", f"steps_per_epoch={steps}"])
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(os.environ.get("SHARD_RUN_DIR", scratch))  # every process names the same directory
+        trainer = Trainer(config, run_dir / "run", progress=False, console=Console(file=open(os.devnull, "w")))
+        held = sum((p.to_local() if isinstance(p, DTensor) else p).untyped_storage().nbytes() for p in trainer.model.parameters())
+        trainer.fit(final_evaluation=False)
+    epoch = trainer.state["history"][-1]
+    Path(f"{out}.{rank}").write_text(json.dumps({"parameter_bytes": held, "peak_memory_bytes": peak_rss(),
+                                                 "seconds_per_step": epoch["train_seconds"] / steps}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shard_point(shard: str, steps: int, cpus: str) -> dict[str, Any]:
+    """Two processes under torchrun (pinned to ``cpus``): the largest of their figures."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "held"
+        command = ["taskset", "-c", cpus, sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                   f"--master_port={free_port()}", __file__, "--shard-worker", shard, "--steps", str(steps), "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SHARD_RUN_DIR": scratch}
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+        per_process = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
+    return {key: max(p[key] for p in per_process) for key in per_process[0]}
+
+
+def shard_row(shard: str, result: dict[str, Any]) -> Row:
+    return {"check": "shard", "dataset": "synthetic-small", "model": "darec", "variant": f"shard-{shard}", "protocol": "-",
+            "split": "-", "chunk": "-", "processes": 2, "backbone": "smollm2 (30 layers, bf16)", **result,
+            "machine": machine(), "versions": versions(), "command": command_line()}
+
+
 def growth_row(check: str, result: dict[str, Any]) -> Row:
     size = {"users": result["users"], "items": result["items"], "max_len": result["max_len"]}[GROWTH[check][0]]
     return {"check": check, "dataset": "synthetic", "model": "sasrec", "variant": f"{check}-{size}", "protocol": "full",
@@ -251,6 +304,18 @@ def markdown(rows: list[Row]) -> str:
              "(RecBole 1.2.1, its own venv); each in a fresh process, one after another. Peak: the process's peak resident",
              "size (imports included). darec `first`: from the file, cache off; `cached`: the cache written by an earlier run."],
             ["file", "library", "run", "interactions", "seconds", "peak GiB", "failed"], cells)
+    shards = [r for r in rows if r["check"] == "shard"]
+    if shards:
+        cells = [[r["variant"][6:], r["backbone"], str(r["processes"]), f"{r['parameter_bytes'] / GIB:.3f}",
+                  f"{r['peak_memory_bytes'] / GIB:.2f}", f"{r['seconds_per_step']:.2f}"]
+                 for r in sorted(shards, key=lambda r: r["variant"])]
+        text += "\n#" + markdown_table(
+            "Splitting a frozen backbone across processes (train.shard)",
+            ["DARec on synthetic-small, a few steps of 8 windows (20 items, 8 title tokens) by two processes under torchrun",
+             "(gloo, pinned to one core together, so seconds are for comparison only). Parameters held: the bytes of the",
+             "parameters a process keeps between steps (its shard of the split layer weights, and everything else whole),",
+             "the larger of the two processes; peak: its peak resident size, loading the whole backbone first included."],
+            ["shard", "backbone", "processes", "parameters held GiB", "peak GiB", "s / step"], cells)
     if growth:
         cells = [[r["check"], f"{r['users']:,}", f"{r['items']:,}", str(r["max_len"]), f"{r['interactions']:,}",
                   f"{r['seconds_per_epoch']:.1f}", f"{r['eval_seconds']:.1f}", f"{r['peak_memory_bytes'] / GIB:.2f}"]
@@ -269,7 +334,7 @@ def markdown(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checks", nargs="+", default=["eval", "eval-equal"],
-                        choices=["eval", "eval-equal", "eval-chunks", "load", *GROWTH])
+                        choices=["eval", "eval-equal", "eval-chunks", "load", "shard", *GROWTH])
     parser.add_argument("--inter", type=Path, help="the interaction file of the load check")
     parser.add_argument("--recbole-python", default="/tmp/rbvenv/bin/python", help="RecBole's venv (see bench/README.md)")
     parser.add_argument("--recbole-memory-gb", type=float, default=14.0)
@@ -281,7 +346,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--steps", type=int, default=4, help="training steps of the shard check")
+    parser.add_argument("--shard-cpus", default="1", help="cores the shard check's two processes are pinned to")
+    parser.add_argument("--shard-worker", choices=["off", "layers"], help=argparse.SUPPRESS)  # the check's own processes
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.shard_worker:
+        return shard_worker(args.shard_worker, args.steps, args.out)
+    if "shard" in args.checks:
+        for shard in ("off", "layers"):
+            result = shard_point(shard, args.steps, args.shard_cpus)
+            save_rows(args.results, [shard_row(shard, result)], markdown)
+            print(f"shard={shard}: {result['parameter_bytes'] / GIB:.3f} GiB of parameters a process, peak "
+                  f"{result['peak_memory_bytes'] / GIB:.2f} GiB, {result['seconds_per_step']:.2f} s a step", flush=True)
     if "eval" in args.checks:
         result = in_fresh_process(args.users, args.items, 0, args.batch_size, args.threads)
         save_rows(args.results, [row("eval", args.users, args.items, 0, result)], markdown)

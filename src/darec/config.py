@@ -97,7 +97,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(annotation)
-        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+        if isinstance(value, bool) and ("on" if value else "off") in allowed:
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")

@@ -49,6 +49,9 @@ def test_types_are_checked() -> None:
     # YAML reads a bare on/off as a boolean; a choice of on/off takes it as written.
     assert build_config(overrides=["compile=on"]).train.compile == "on"
     assert build_config(overrides=["compile=off"]).train.compile == "off"
+    assert build_config(overrides=["shard=off"]).train.shard == "off"  # a choice with off but no on
+    with pytest.raises(ConfigError, match="True is not one of 'off', 'layers'"):
+        build_config(overrides=["shard=on"])
 
 
 def test_model_section_follows_model_name_and_roundtrips(tmp_path: Path) -> None:
