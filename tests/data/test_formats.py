@@ -86,6 +86,15 @@ def test_ragged_user_line_and_missing_file(tmp_path: Path) -> None:
         read_atomic(tmp_path / "missing.inter")
 
 
+def test_a_data_error_crosses_a_process_boundary_whole(tmp_path: Path) -> None:
+    """Raised in a worker process (multiprocessing, a DataLoader), it must come back as itself."""
+    import pickle  # noqa: S403  (the error's own round trip, nothing read from a file)
+
+    error = DataError(tmp_path / "u.inter", "expected 3 columns", line=7)
+    back = pickle.loads(pickle.dumps(error))  # noqa: S301
+    assert type(back) is DataError and str(back) == str(error) and (back.path, back.line) == (error.path, 7)
+
+
 def test_presplit_user_missing_from_test(tmp_path: Path) -> None:
     head = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
     write(tmp_path / "S.train.inter", head + "0\t0\t1\n")

@@ -36,7 +36,10 @@ class DataError(DarecError, ValueError):
     def __init__(self, path: str | Path, message: str, line: int | None = None):
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
-        self.path, self.line = Path(path), line
+        self.path, self.message, self.line = Path(path), message, line
+
+    def __reduce__(self) -> tuple:  # rebuilt from its own arguments in another process (multiprocessing)
+        return type(self), (self.path, self.message, self.line)
 
 
 @dataclass
