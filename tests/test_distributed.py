@@ -114,6 +114,22 @@ def test_the_llm_models_train_under_two_processes(tmp_path: Path, model: str) ->
     assert len(valid_ndcg(tmp_path / "sharded")) == 3
 
 
+def test_mixrecs_expert_usage_counts_every_process(tmp_path: Path) -> None:
+    """Each process routes its share of the batches; the epoch's usage is the sum over all of them."""
+    args = ["--model", "mixrec", "--dataset", "synthetic-tiny", "--set", "backbone=tiny", "--set", "item_tokens=4",
+            "--set", "max_len=10", "--set", "threads=1", "--set", "epochs=1", "--set", "batch_size=8", "--no-progress"]
+    run(1, "train", *args, "--run-dir", str(tmp_path / "one"))
+    run(2, "train", *args, "--run-dir", str(tmp_path / "two"))
+
+    def usage(out: Path) -> dict:
+        return json.loads(RunDir(out).metrics.read_text().splitlines()[0])["model"]["expert_usage"]
+
+    one, two = usage(tmp_path / "one"), usage(tmp_path / "two")
+    for layer in one:  # every token of every batch is routed once (a batch of one row would be skipped by two)
+        assert one[layer]["tokens"] > 0 and two[layer]["tokens"] == one[layer]["tokens"], (one, two)
+        assert sum(two[layer]["share"]) == pytest.approx(1.0)
+
+
 def test_accelerates_fsdp_config_splits_the_layers(tmp_path: Path) -> None:
     """``accelerate launch`` with FSDP on sets ACCELERATE_USE_FSDP; the run shards and keeps the setting."""
     args = ["--model", "darec", "--dataset", "synthetic-tiny", "--set", "backbone=tiny", "--set", "item_tokens=4",

@@ -76,6 +76,13 @@ def mean(group: Group, value: float, device: torch.device) -> float:
     return float(tensor.item()) / group.world
 
 
+def total(group: Group, tensors: list[torch.Tensor]) -> None:
+    """Sum each of ``tensors`` over the group's processes, in place."""
+    if group.world > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
 def gather(group: Group, value: Any) -> list[Any]:
     """Every process's ``value`` (any picklable object), in rank order, on every process.
     (The pickles only travel between the processes of one run; nothing is written.)"""

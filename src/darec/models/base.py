@@ -75,6 +75,11 @@ class SequentialRecommender(nn.Module):
         metrics.jsonl under ``model``), e.g. the share of tokens each expert received."""
         return {}
 
+    def epoch_tallies(self) -> list[torch.Tensor]:
+        """Counters :meth:`epoch_summary` reads that each of several training processes fills
+        from its own share of the batches; the trainer sums them over the processes first."""
+        return []
+
     def figures(self, summary: dict[str, Any]) -> dict[str, Any]:
         """matplotlib figures drawn from an :meth:`epoch_summary`, by name (the trainer saves them in the run directory)."""
         return {}

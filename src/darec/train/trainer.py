@@ -26,7 +26,7 @@ from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, pretrained_parameters, resolve_device
 from darec.distributed import (Group, average_gradients, barrier, join, launched_rank, mean, process_device, shard_frozen,
-                               sharding)
+                               sharding, total)
 from darec.io import (DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json,
                       remove_temporaries, save_figure, sha256)
 from darec.models import build_model
@@ -410,6 +410,7 @@ class Trainer:
                 loss = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
                                        "lr": self.optimizer.param_groups[0]["lr"]}  # at the epoch's end
+                total(self.group, self.model.epoch_tallies())  # each process counted its own share of the batches
                 summary = self.model.epoch_summary()
                 if summary:
                     row["model"] = summary

@@ -152,7 +152,11 @@ class DARec(SequentialRecommender):
     def epoch_summary(self) -> dict[str, Any]:
         if not self.routers:
             return {}
-        return {"expert_usage": {str(r.layer): {"experts": r.experts, "share": r.take_usage()} for r in self.routers}}
+        return {"expert_usage": {str(r.layer): {"experts": r.experts, "tokens": int(r.usage.sum()) // r.k,
+                                                "share": r.take_usage()} for r in self.routers}}
+
+    def epoch_tallies(self) -> list[Tensor]:
+        return [r.usage for r in self.routers]
 
     def figures(self, summary: dict[str, Any]) -> dict[str, Any]:
         return {"expert_usage": plot_expert_usage(summary["expert_usage"])} if "expert_usage" in summary else {}
