@@ -43,12 +43,14 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def accelerate_fsdp() -> bool:
+    """Whether ``accelerate launch`` started this process with an FSDP config."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def sharding(setting: str) -> str:
-    """``train.shard`` as the launcher may set it: ``accelerate launch`` with an FSDP config
-    (``ACCELERATE_USE_FSDP``) asks for the layers to be split."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        return "layers"
-    return setting
+    """``train.shard`` as the launcher may set it: an FSDP config asks for the layers to be split."""
+    return "layers" if accelerate_fsdp() else setting
 
 
 def join(device: torch.device) -> Group:
@@ -76,7 +78,7 @@ def mean(group: Group, value: float, device: torch.device) -> float:
     return float(tensor.item()) / group.world
 
 
-def total(group: Group, tensors: list[torch.Tensor]) -> None:
+def add_up(group: Group, tensors: list[torch.Tensor]) -> None:
     """Sum each of ``tensors`` over the group's processes, in place."""
     if group.world > 1:
         for tensor in tensors:

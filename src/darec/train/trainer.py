@@ -25,8 +25,8 @@ from darec.config import ConfigError
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, pretrained_parameters, resolve_device
-from darec.distributed import (Group, average_gradients, barrier, join, launched_rank, mean, process_device, shard_frozen,
-                               sharding, total)
+from darec.distributed import (Group, accelerate_fsdp, add_up, average_gradients, barrier, join, launched_rank, mean,
+                               process_device, shard_frozen, sharding)
 from darec.io import (DamagedFile, WriteError, atomic_write_json, atomic_write_text, check_writable, copy_atomic, read_json,
                       remove_temporaries, save_figure, sha256)
 from darec.models import build_model
@@ -218,7 +218,7 @@ class Trainer:
         """Split the frozen backbone across the processes (``train.shard=layers``); whether it was."""
         if setting == "off" or self.group.world == 1:
             return False
-        if os.environ.get("ACCELERATE_USE_FSDP"):
+        if accelerate_fsdp():
             self.console.log("accelerate's FSDP config: shard=layers (its other FSDP settings are not read)")
         regions = list(self.model.compile_regions())
         pretrained = pretrained_parameters(self.model)
@@ -410,7 +410,7 @@ class Trainer:
                 loss = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
                                        "lr": self.optimizer.param_groups[0]["lr"]}  # at the epoch's end
-                total(self.group, self.model.epoch_tallies())  # each process counted its own share of the batches
+                add_up(self.group, self.model.epoch_tallies())  # each process counted its own share of the batches
                 summary = self.model.epoch_summary()
                 if summary:
                     row["model"] = summary
