@@ -25,7 +25,7 @@ from darec.config import parse_override
 from darec.search import Search
 from darec.search.study import STUDY
 from darec.train import Trainer, build_config
-from darec.train.config import config_keys
+from darec.train.config import TrainConfig, config_keys
 from darec.train.run import RunDir, load_run
 from darec.train.significance import compare_runs
 from darec.train.evaluate import result_rows
@@ -83,6 +83,10 @@ class RunSpec:
     budget: str  # a key of budgets.BUDGETS, or "-" (the model's own defaults)
     tag: str = ""  # a named --set tried beside the budget's own runs
     seed: int = 0  # 0: the config's own seed
+
+    def __post_init__(self) -> None:
+        if self.seed == TrainConfig().seed:  # --seed 42 trains the first run, not one beside it
+            object.__setattr__(self, "seed", 0)
 
     @property
     def name(self) -> str:
