@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +35,13 @@ from darec.train.trainer import RESUME_KEYS, seconds_per_epoch
 HERE = Path(__file__).resolve().parent
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")
 Row = dict[str, Any]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server or a process group the script starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def machine() -> str:

@@ -50,7 +50,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,7 @@ import numpy as np
 import psutil
 import torch
 
-from common import HERE, Row, command_line, machine, markdown_table, save_rows, versions
+from common import HERE, Row, command_line, free_port, machine, markdown_table, save_rows, versions
 from rich.console import Console
 
 from darec.data import SyntheticSpec, build_dataset, generate, load_dataset
@@ -213,11 +212,6 @@ def shard_worker(shard: str, steps: int, out: Path) -> None:
     Path(f"{out}.{rank}").write_text(json.dumps({"parameter_bytes": held, "peak_memory_bytes": peak_rss(),
                                                  "seconds_per_step": epoch["train_seconds"] / steps}))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def shard_point(shard: str, steps: int, cpus: str) -> dict[str, Any]:

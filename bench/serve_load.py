@@ -23,7 +23,6 @@ import asyncio
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx2 as httpx  # for the server's /health while it starts
 import numpy as np
 
-from common import HERE, Row, command_line, machine, markdown_table, save_rows, versions
+from common import HERE, Row, command_line, free_port, machine, markdown_table, save_rows, versions
 from darec.train import Trainer, build_config
 from darec.train.run import RunDir, load_run_dataset, read_config
 
@@ -56,11 +55,6 @@ def markdown(rows: list[Row]) -> str:
         ["model", "dataset", "concurrency", "micro-batching", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",
          "mean batch", "seconds"], cells)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def histories(run_dir: Path, n: int = 2000) -> list[list[str]]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ def shared_data() -> Path:
     """The benchmark data ($DAREC_DATA, else beside the checkout, as in CI); a test that needs it fails without it."""
     assert SHARED.is_dir(), f"benchmark data expected at {SHARED}"
     return SHARED
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import pytest
 
 from darec.distributed import Group
 from darec.train.run import RunDir
+from tests.conftest import free_port
 
 # No dropout: then one process and two differ only in how a batch's loss is averaged.
 ARGS = ["--model", "sasrec", "--dataset", "synthetic-small", "--set", "dropout=0", "--set", "attn_dropout=0",
         "--set", "threads=1", "--set", "patience=0", "--no-progress"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def darec(processes: int, *args: str) -> list[str]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from darec.serve import Recommender
 from darec.train import Trainer, build_config
+from tests.conftest import free_port
 
 FAST = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "epochs=1"]
 
@@ -29,9 +29,7 @@ def recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 def served(run_dir: Path, *options: str) -> Iterator[tuple[str, list[str]]]:
     """``darec serve RUN_DIR`` in its own process on a free loopback port: (its URL, the lines it
     printed, filled in when it stops)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     darec = Path(sys.executable).with_name("darec")
     server = subprocess.Popen([str(darec), "serve", str(run_dir), "--port", str(port), "--device", "cpu", *options],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
