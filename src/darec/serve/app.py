@@ -168,7 +168,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
     async def lifespan(app: FastAPI):
         await scorer.start()
         # The run's objects (model, ids, titles) live as long as the service. Frozen, they are left out of
-        # the collector's full passes, which walked them for ~100 ms: the p99 tail under load (bench/serve_load.py).
+        # the collector's full passes, whose walks over them were the p99 tail under load (bench/serve_load.py).
         gc.collect()
         gc.freeze()
         yield
