@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
     parser.add_argument("--tag", default="", help="name a second search with other search settings: its search, run and "
-                        "row become search@TAG and searched@TAG, beside the first")
+                        "row become search@TAG and searched@TAG, beside the first; with --set (other training settings) the "
+                        "uniform plans' runs are NAME@TAG too")
     parser.add_argument("--seed", type=int, default=0,
                         help="train the plans again under this seed, beside the first (runs and rows NAME@seedN); the searched "
                         "plan comes from the finished search, which is not run again")
@@ -115,7 +116,7 @@ def main() -> None:
         for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
             shutil.copyfile(search_dir / picture,
                             args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}{suffix}-{picture}")
-    specs = {name: RunSpec(args.dataset, name, args.budget, args.tag if name == "searched" else "", args.seed) for name in plans}
+    specs = {name: RunSpec(args.dataset, name, args.budget, tag_of(name, args), args.seed) for name in plans}
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*base_overrides, *seed, f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
@@ -138,13 +139,20 @@ def main() -> None:
     pool_seeds(args, where)
 
 
+def tag_of(plan: str, args: argparse.Namespace) -> str:
+    """The tag of a plan's runs: the searched plan's always (its search differs); the uniform
+    plans' only where --set changes how they train, else they are the budget's own runs."""
+    return args.tag if plan == "searched" or args.extra else ""
+
+
 def pool_seeds(args: argparse.Namespace, where) -> None:
     """With the plans trained under more than one seed: the searched plan against uniform
     LoRA with each user's NDCG@10 averaged over the seeds of each (``darec compare A1,A2 B1,B2``),
     on the first seed's row."""
     if not args.results.exists():
         return
-    searched, lora = RunSpec(args.dataset, "searched", args.budget, args.tag), RunSpec(args.dataset, "uniform-lora", args.budget)
+    searched = RunSpec(args.dataset, "searched", args.budget, args.tag)
+    lora = RunSpec(args.dataset, "uniform-lora", args.budget, tag_of("uniform-lora", args))
     written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())]
     seeds = finished_seeds(written, [searched, lora], where)
     if not seeds or not RunDir(where(searched)).results.exists():

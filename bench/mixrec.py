@@ -19,6 +19,14 @@ expert-usage heatmap of the first seed's run is copied beside the results.
     python bench/darec_accuracy.py --dataset ml-100k --budget cpu --variants sasrec-same-data --threads 1
     python bench/mixrec.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
     # then each again with --seed 7 and --seed 8
+
+Each side at its settings tuned on validation (bench/tune.py; tuning.md), under one tag: the
+searches run again at those settings, and MixRec is compared with the runs of the same tag.
+
+    python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1 \
+        --plans searched uniform-lora --tag tuned --set lr=3e-3
+    python bench/mixrec.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1 \
+        --tag tuned --set lr=3e-3 lambda_balance=0.1
 """
 
 from __future__ import annotations
@@ -52,12 +60,15 @@ COMPARED = ("uniform_lora", "darec", "sasrec")
 
 
 def reference(args: argparse.Namespace, name: str, seed: int) -> Path:
-    """The run folder of a compared run, as its own script lays it out."""
+    """The run folder of a compared run, as its own script lays it out: uniform LoRA's and
+    DARec's under the same --tag (dynamic_adaption.py --tag TAG with their own --set), SASRec's
+    under its own settings."""
     work = args.workdir.parent
     if name == "sasrec":
         return RunSpec(args.dataset, "sasrec-same-data", args.budget, seed=seed).run_dir(work / "darec_accuracy")
     variant = {"uniform_lora": "uniform-lora", "darec": "searched"}[name]
-    return work / "dynamic_adaption" / args.dataset / args.budget / RunSpec(args.dataset, variant, args.budget, seed=seed).name
+    spec = RunSpec(args.dataset, variant, args.budget, args.tag, seed)
+    return work / "dynamic_adaption" / args.dataset / args.budget / spec.name
 
 
 def run_dir(args: argparse.Namespace, spec: RunSpec) -> Path:
@@ -91,7 +102,7 @@ def pool_seeds(args: argparse.Namespace, run: RunSpec) -> None:
     seed that both sides finished."""
     written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())]
     where = partial(run_dir, args)
-    first = RunSpec(run.dataset, run.variant, run.budget)
+    first = RunSpec(run.dataset, run.variant, run.budget, run.tag)
     rows = [r for r in written if first.holds(r)]
     mine = finished_seeds(written, [first], where)
     if not rows or not mine:
@@ -113,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="train the searched plan again under this seed (the search is "
                         "not run again)")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
+    parser.add_argument("--tag", default="", help="name a second search and its runs (search@TAG, searched-mixrec@TAG), "
+                        "e.g. under other --set settings; compared with dynamic_adaption.py's runs of the same tag")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "mixrec")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -121,7 +134,8 @@ def main() -> None:
 
     base = [f"dataset={args.dataset}", f"threads={args.threads}", *BUDGETS[args.budget], *args.extra]
     work = args.workdir / args.dataset / args.budget
-    search_dir, summary_file = work / "search", work / "search_summary.yaml"
+    suffix = f"@{args.tag}" if args.tag else ""
+    search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
     if args.seed:
         if not summary_file.exists():
             raise SystemExit(f"--seed trains the searched plan again, but {summary_file} does not exist: run the search first")
@@ -139,9 +153,9 @@ def main() -> None:
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
         for picture in ("progress.png", "plans.png"):
-            shutil.copyfile(search_dir / picture, args.results.parent / f"mixrec-{args.dataset}-{args.budget}-{picture}")
+            shutil.copyfile(search_dir / picture, args.results.parent / f"mixrec-{args.dataset}-{args.budget}{suffix}-{picture}")
     plan = summary["plan"]
-    run = RunSpec(args.dataset, "searched-mixrec", args.budget, seed=args.seed)
+    run = RunSpec(args.dataset, "searched-mixrec", args.budget, args.tag, args.seed)
     folder = run_dir(args, run)
     overrides = ["model=mixrec", *base, *([f"seed={args.seed}"] if args.seed else []), f"plan={plan}"]
     row = {**run.fields(), "model": "mixrec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
@@ -156,7 +170,7 @@ def main() -> None:
     save_rows(args.results, rows, markdown, upgrade_run_row)
     if not args.seed and RunDir(folder).figure("expert_usage").exists():
         shutil.copyfile(RunDir(folder).figure("expert_usage"),
-                        args.results.parent / f"mixrec-{args.dataset}-{args.budget}-expert_usage.png")
+                        args.results.parent / f"mixrec-{args.dataset}-{args.budget}{suffix}-expert_usage.png")
     print(f"{args.dataset} {run.name}: done", flush=True)
     pool_seeds(args, run)
 

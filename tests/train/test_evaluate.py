@@ -42,3 +42,29 @@ def test_sampled_protocol() -> None:
     m = evaluate(Fixed(200), histories, targets, "sampled", negatives=neg, per_user=True)
     # Target 30 is beaten by every sampled negative above 30.
     assert m["hit@20"][0] == float((neg[0] > 30).sum() < 20)
+
+
+class Recording(Fixed):
+    """Fixed scores; remembers how many users each call scored, and asks for batches of 2."""
+
+    def __init__(self, n_items: int):
+        super().__init__(n_items)
+        self.batches: list[int] = []
+
+    def eval_batch_size(self, device: torch.device) -> int:
+        return 2
+
+    def score(self, items: Tensor, lengths: Tensor) -> Tensor:
+        self.batches.append(items.size(0))
+        return super().score(items, lengths)
+
+
+def test_batch_size_zero_is_the_models_choice() -> None:
+    histories, targets = [np.array([1, 2])] * 5, np.full(5, 3)
+    model = Recording(10)
+    automatic = evaluate(model, histories, targets, per_user=True)
+    assert model.batches == [2, 2, 1]
+    model.batches.clear()
+    chosen = evaluate(model, histories, targets, batch_size=3, per_user=True)
+    assert model.batches == [3, 2]
+    assert all((automatic[k] == chosen[k]).all() for k in automatic)

@@ -66,6 +66,10 @@ class SequentialRecommender(nn.Module):
         """Repeated blocks worth compiling (an LLM's decoder layers; see :func:`darec.device.apply_compile`)."""
         return []
 
+    def eval_batch_size(self, device: torch.device) -> int:
+        """Users per evaluation batch when ``train.eval_batch_size`` is 0 (automatic)."""
+        return 512
+
     def describe(self) -> str:
         """One line on what the model is made of beyond its config (shown when training starts)."""
         return ""

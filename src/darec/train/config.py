@@ -59,9 +59,10 @@ class TrainConfig:
                "layers = a pretrained backbone's frozen layer weights are split across the processes (FSDP2), for a "
                "backbone that does not fit one device (also set by accelerate's FSDP config). Models without one "
                "train as with off.")
-    eval_batch_size: int = option(512, "Users per evaluation batch.", low=1)
+    eval_batch_size: int = option(0, "Users per evaluation batch; 0 = the model's choice: 512, or on a CPU for "
+                                     "models on an LLM backbone about 4k packed tokens (fewer padded tokens).", low=0)
     eval_chunk: int = option(0, "Items scored at once when ranking the catalogue (evaluation, recommend): memory "
-                                "grows with eval_batch_size x eval_chunk, not with the catalogue. 0 = automatic: "
+                                "grows with the evaluation batch x eval_chunk, not with the catalogue. 0 = automatic: "
                                 "what stays in cache on a CPU (faster), up to 512 MiB on a GPU, within free memory.", low=0)
     valid_users: int = option(0, "Validate during training on a fixed random sample of this many users (0 = all): "
                                  "cheaper validation on large data sets, a noisier early-stopping signal. The "

@@ -67,7 +67,7 @@ def evaluate(
     protocol: Protocol = "full",
     exclude_history: bool = False,
     negatives: np.ndarray | None = None,
-    batch_size: int = 512,
+    batch_size: int = 0,
     ks: tuple[int, ...] = KS,
     per_user: bool = False,
     chunk: int = 0,
@@ -127,13 +127,14 @@ def evaluate_many(
     histories: Sequence[np.ndarray],
     targets: np.ndarray,
     settings: Sequence[Setting],
-    batch_size: int = 512,
+    batch_size: int = 0,
     ks: tuple[int, ...] = KS,
     per_user: bool = False,
     chunk: int = 0,
     group: Group = Group(),
 ) -> list[dict[str, float] | dict[str, np.ndarray]]:
     """:func:`evaluate` under several settings from one scoring pass (the model runs once).
+    ``batch_size`` users are scored at once (0: the model's :meth:`~SequentialRecommender.eval_batch_size`).
     The catalogue is scored ``chunk`` items at a time (0: automatic, see :func:`darec.models.catalogue.chunk_size`).
     In a group of processes each scores its share of the users, and every process gets all users' results."""
     for protocol, _, negatives in settings:
@@ -144,6 +145,7 @@ def evaluate_many(
     was_training = model.training
     model.eval()
     device = next(iter(model.state_dict().values())).device
+    batch_size = batch_size or model.eval_batch_size(device)
     items, lengths = pad_right(histories, model.max_len)
     # Users in order of history length, so each batch is cut to its own longest history.
     order = np.argsort(lengths, kind="stable")

@@ -91,6 +91,10 @@ class DARecConfig(ModelConfig):
             raise ConfigError(f"cf_hidden ({self.cf_hidden}) must be a multiple of the collaborative SASRec's {CF_HEADS} heads")
 
 
+# Packed tokens a CPU evaluation batch aims at (see DARec.eval_batch_size).
+EVAL_TOKENS = 4096
+
+
 class Packed(NamedTuple):
     """Spans packed back to back: token ids ``[B, T]``, the item each token belongs to
     (-1 = padding), and per item the positions of its item and semantic tokens ``[B, L]``."""
@@ -145,6 +149,15 @@ class DARec(SequentialRecommender):
 
     def compile_regions(self) -> list[nn.Module]:
         return list(decoder_layers(self.llm))
+
+    def eval_batch_size(self, device: torch.device) -> int:
+        # Evaluation pads each batch of length-sorted users to its longest packed history. On a CPU,
+        # batches of about EVAL_TOKENS tokens pad little and stay in cache (bench/results/eval_batch.md);
+        # elsewhere (unmeasured) the base class's batches.
+        if device.type != "cpu":
+            return super().eval_batch_size(device)
+        span = self.config.item_tokens * self.text + 1 + self.semantic
+        return max(1, min(super().eval_batch_size(device), EVAL_TOKENS // (self.max_len * span)))
 
     def describe(self) -> str:
         return f"adapter plan by layer: {describe_plan(self.plan)}"
