@@ -68,3 +68,10 @@ def test_batch_size_zero_is_the_models_choice() -> None:
     chosen = evaluate(model, histories, targets, batch_size=3, per_user=True)
     assert model.batches == [3, 2]
     assert all((automatic[k] == chosen[k]).all() for k in automatic)
+
+
+def test_progress_is_reported_after_each_batch() -> None:
+    histories, targets = [np.array([1, 2])] * 5, np.full(5, 3)
+    calls: list[tuple[int, int]] = []
+    evaluate(Recording(10), histories, targets, progress=lambda done, users: calls.append((done, users)))
+    assert calls == [(2, 5), (4, 5), (5, 5)]

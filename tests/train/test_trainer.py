@@ -208,3 +208,16 @@ def test_run_directories_from_before_checksums_still_load_and_resume(tmp_path: P
     assert load_run(run).config.train.epochs == 2
     rows = Trainer(None, run, resume=True, progress=False, overrides=["epochs=3"]).fit()
     assert rows and json.loads((run / "trainer_state.json").read_text())["epoch"] == 3
+
+
+def test_progress_display_covers_validation_and_the_final_evaluation(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    out = StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    Trainer(build_config(overrides=["model=sasrec", "epochs=2", *FAST]), tmp_path / "run", console=console).fit()
+    shown = out.getvalue()
+    # Each display is drawn once more as it closes: training's last state is the last epoch's validation.
+    assert "epoch 2/2, validating" in shown and "evaluating the best weights on test" in shown

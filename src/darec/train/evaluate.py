@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ def sample_negatives(histories: Sequence[np.ndarray], targets: np.ndarray, n_ite
 
 
 Setting = tuple[Protocol, bool, "np.ndarray | None"]  # protocol, exclude_history, negatives (sampled only)
+OnBatch = Callable[[int, int], None]  # (users scored so far, users in all)
 
 
 def evaluate(
@@ -72,6 +73,7 @@ def evaluate(
     per_user: bool = False,
     chunk: int = 0,
     group: Group = Group(),
+    progress: OnBatch | None = None,
 ) -> dict[str, float] | dict[str, np.ndarray]:
     """Mean HR/NDCG/MRR@K over users (or per-user values with ``per_user``).
 
@@ -80,7 +82,7 @@ def evaluate(
     ``negatives`` (one row per user, e.g. from :func:`sample_negatives`).
     """
     return evaluate_many(model, histories, targets, [(protocol, exclude_history, negatives)], batch_size, ks, per_user, chunk,
-                         group)[0]
+                         group, progress)[0]
 
 
 def _check_finite(scores: Tensor, batch: int) -> None:
@@ -132,16 +134,18 @@ def evaluate_many(
     per_user: bool = False,
     chunk: int = 0,
     group: Group = Group(),
+    progress: OnBatch | None = None,
 ) -> list[dict[str, float] | dict[str, np.ndarray]]:
     """:func:`evaluate` under several settings from one scoring pass (the model runs once).
     ``batch_size`` users are scored at once (0: the model's :meth:`~SequentialRecommender.eval_batch_size`).
     The catalogue is scored ``chunk`` items at a time (0: automatic, see :func:`darec.models.catalogue.chunk_size`).
-    In a group of processes each scores its share of the users, and every process gets all users' results."""
+    In a group of processes each scores its share of the users, and every process gets all users' results.
+    ``progress(done, total)`` is called after each batch with this process's users scored so far."""
     for protocol, _, negatives in settings:
         if protocol == "sampled" and negatives is None:
             raise ValueError("the sampled protocol needs negatives")
     if group.world > 1:
-        return _sharded(model, histories, targets, settings, batch_size, ks, per_user, chunk, group)
+        return _sharded(model, histories, targets, settings, batch_size, ks, per_user, chunk, group, progress)
     was_training = model.training
     model.eval()
     device = next(iter(model.state_dict().values())).device
@@ -172,6 +176,8 @@ def evaluate_many(
                 ranks = target_ranks(scores, torch.zeros_like(batch_targets))
             for name, value in rank_metrics(ranks, ks).items():
                 out.setdefault(name, []).append(value.cpu())
+        if progress is not None:
+            progress(start + len(rows), len(targets))
     model.train(was_training)
     inverse = np.argsort(order, kind="stable")
     results = []
@@ -182,11 +188,12 @@ def evaluate_many(
 
 
 def _sharded(model: SequentialRecommender, histories: Sequence[np.ndarray], targets: np.ndarray, settings: Sequence[Setting],
-             batch_size: int, ks: tuple[int, ...], per_user: bool, chunk: int, group: Group) -> list[dict[str, Any]]:
+             batch_size: int, ks: tuple[int, ...], per_user: bool, chunk: int, group: Group,
+             progress: OnBatch | None) -> list[dict[str, Any]]:
     mine = np.arange(len(targets))[group.shard(len(targets))]
     local = evaluate_many(model, [histories[i] for i in mine], targets[mine],
                           [(p, e, None if n is None else n[mine]) for p, e, n in settings], batch_size, ks, per_user=True,
-                          chunk=chunk)
+                          chunk=chunk, progress=progress)
     parts = gather(group, (mine, local))
     results = []
     for s in range(len(settings)):
@@ -199,11 +206,13 @@ def _sharded(model: SequentialRecommender, histories: Sequence[np.ndarray], targ
 
 
 def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRecommender, variant: str = "",
-                console: Console | None = None, run_dir: Path | None = None, group: Group = Group()) -> list[dict[str, Any]]:
+                console: Console | None = None, run_dir: Path | None = None, group: Group = Group(),
+                progress: Callable[[str], OnBatch] | None = None) -> list[dict[str, Any]]:
     """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
     history kept and excluded (papers differ; every row says which), and the sampled protocol.
     With ``run_dir``, each test user's metrics (full ranking, history as trained) are saved there
-    (of several processes, give it to the one that writes).
+    (of several processes, give it to the one that writes). ``progress(split)`` gives each split's
+    progress callback (see :func:`evaluate_many`).
 
     The sampled protocol is left out, with a message, when the catalogue is too small to
     draw the negatives from items a user has not seen.
@@ -222,7 +231,8 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
             if console is not None:
                 console.log(f"[yellow]{split}: sampled protocol not run: {exc}")
         scored = evaluate_many(model, histories, targets, [(p, exclude, negatives) for p, exclude in settings],
-                               t.eval_batch_size, per_user=True, chunk=t.eval_chunk, group=group)
+                               t.eval_batch_size, per_user=True, chunk=t.eval_chunk, group=group,
+                               progress=progress(split) if progress is not None else None)
         for (protocol, exclude), per_user in zip(settings, scored):
             rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
                                    variant=variant))

@@ -33,7 +33,7 @@ from darec.models import build_model
 from darec.models.base import trainable_parameters
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
 from darec.train.config import RunConfig, build_config
-from darec.train.evaluate import NonFiniteScores, evaluate, result_rows
+from darec.train.evaluate import NonFiniteScores, OnBatch, evaluate, result_rows
 from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
 
 SELECT = "ndcg@10"
@@ -373,12 +373,12 @@ class Trainer:
         pick = np.sort(np.random.default_rng(self.config.train.seed).choice(len(targets), n, replace=False))
         return [histories[i] for i in pick], targets[pick]
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, progress: OnBatch | None = None) -> dict[str, float]:
         histories, targets = self.valid
         t = self.config.train
         try:
             return evaluate(self.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size,
-                            chunk=t.eval_chunk, group=self.eval_group)
+                            chunk=t.eval_chunk, group=self.eval_group, progress=progress)
         except NonFiniteScores as exc:
             self._diverged(f"validation: {exc}")
 
@@ -419,7 +419,8 @@ class Trainer:
                 improved = False
                 if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
                     start = time.perf_counter()
-                    row["valid"] = self._validate()
+                    progress.reset(task, epoch=f"{epoch}/{t.epochs}, validating", loss=f"{loss:.4f}", valid=last_valid)
+                    row["valid"] = self._validate(lambda done, users: progress.update(task, completed=done, total=users))
                     row["eval_seconds"] = time.perf_counter() - start
                     score = row["valid"][SELECT]
                     last_valid = f"{score:.4f}"
@@ -448,8 +449,15 @@ class Trainer:
         if not final_evaluation:
             return []
         load_model_state(self.model, self.run.best_weights(), self.device)
-        rows = result_rows(self.config, self.dataset, self.model, console=self.console,
-                           run_dir=self.run_dir if self.main else None, group=self.eval_group)
+        progress = Progress(TextColumn("[bold]evaluating {task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+                            disable=not self.show_progress)
+        with progress:
+            tasks = {split: progress.add_task(f"the best weights on {split}", total=None) for split in ("valid", "test")}
+            rows = result_rows(self.config, self.dataset, self.model, console=self.console,
+                               run_dir=self.run_dir if self.main else None, group=self.eval_group,
+                               progress=lambda split: lambda done, users: progress.update(tasks[split], completed=done,
+                                                                                          total=users))
         for row in rows:
             row["best_epoch"] = self.state["best_epoch"]
         if self.main:
