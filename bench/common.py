@@ -224,9 +224,20 @@ def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iter
     return "\n".join(lines) + "\n"
 
 
-def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False) -> list[Row]:
+def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False,
+               results: Path | None = None) -> list[Row]:
     """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its
-    result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch."""
+    result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch.
+
+    With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
+    fields), a run whose folder is gone but whose rows are in that file is not trained
+    again: a new run would replace rows that other rows' paired comparisons were made against."""
+    if results is not None and not RunDir(run_dir).state.exists() and results.exists():
+        spec = RunSpec.of(base)
+        if any(spec.holds(upgrade_run_row(r)) for r in json.loads(results.read_text())):
+            raise SystemExit(f"{results} holds rows of {spec.name} ({spec.dataset}, {spec.budget}), but its run folder "
+                             f"{run_dir} is gone: training it again would replace them. Write elsewhere (--results), "
+                             "or delete those rows first.")
     if RunDir(run_dir).state.exists():
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]

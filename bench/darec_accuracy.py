@@ -204,7 +204,7 @@ def main() -> None:
             if not rows or not RunDir(run_dir).results.exists():
                 continue
         else:
-            rows = train_rows(run_dir, overrides, base, args.evaluate_only)
+            rows = train_rows(run_dir, overrides, base, args.evaluate_only, args.results)
         if model != "sasrec":
             if not reference.exists():
                 reference = replace(spec(args, "sasrec-same-data"), tag="", seed=0).run_dir(args.workdir)

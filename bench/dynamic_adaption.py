@@ -122,7 +122,7 @@ def main() -> None:
         run, run_dir = specs[name], where(specs[name])
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
                "settings": " ".join([*base_overrides, *seed]), "machine": machine(), "versions": versions(), "command": command_line()}
-        rows = train_rows(run_dir, overrides, row)
+        rows = train_rows(run_dir, overrides, row, results=args.results)
         count = trainable(overrides, run_dir)
         for r in rows:
             r["trainable_parameters"] = count

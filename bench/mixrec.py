@@ -161,7 +161,7 @@ def main() -> None:
     row = {**run.fields(), "model": "mixrec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
            "settings": " ".join(overrides[:-1]), "machine": machine(), "versions": versions(), "command": command_line(),
            "search_seconds": summary["seconds"], "search_trials": summary["trials"], "search_best_valid": summary["best_value"]}
-    rows = train_rows(folder, overrides, row)
+    rows = train_rows(folder, overrides, row, results=args.results)
     count = trainable(overrides, folder)  # the trained run, reopened
     for r in rows:
         r["trainable_parameters"] = count
