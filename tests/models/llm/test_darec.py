@@ -249,3 +249,11 @@ def test_weights_saved_with_an_adapter_per_lora_rank_still_load() -> None:
     missing, unexpected = fresh.load_state_dict(old, strict=False)
     assert not unexpected and not set(missing) - fresh.rebuilt_state_keys()
     assert all(torch.equal(fresh.state_dict()[n], v) for n, v in saved.items())
+
+
+def test_evaluation_batch_is_about_4k_packed_tokens_on_a_cpu() -> None:
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert _model(max_len=50).eval_batch_size(cpu) == 4096 // (50 * (4 + 1))  # title tokens + the item token
+    assert _model("mask=semantic", max_len=50).eval_batch_size(cpu) == 4096 // (50 * 6)  # + the semantic token
+    assert _model("item_input=id", max_len=5).eval_batch_size(cpu) == 512  # short histories: the usual cap
+    assert _model(max_len=50).eval_batch_size(meta) == 512  # off the CPU: not measured, the base class's choice
