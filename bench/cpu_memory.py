@@ -43,29 +43,18 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from darec.data import load_dataset
-    from darec.data.batching import Batch, training_windows
-    from darec.device import adamw, autocast
-    from llm_throughput import SHAPE, PATHS, build
+    from llm_throughput import SHAPE, PATHS, build, full_batches, training_step
 
     torch.set_num_threads(1)
     data = load_dataset("ml-100k")
     shape = argparse.Namespace(shape=str(SHAPE), keep_layers=args.layers, item_tokens=12, max_len=50,
                                gradient_checkpointing=False)
-    device = torch.device("cpu")
-    model = build(device, PATHS["bf16-nodrop"], shape, data)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    windows, skip = training_windows(data.train_sequences(), 50)
-    full = (windows > 0).sum(1) == 51
-    windows, skip = torch.from_numpy(windows[full]), torch.from_numpy(skip[full])
+    device, path = torch.device("cpu"), PATHS["bf16-nodrop"]
+    step = training_step(build(device, path, shape, data), device, path.precision)
     seconds = []
-    for i in range(args.steps):
-        batch = Batch(windows[8 * i : 8 * i + 8], skip[8 * i : 8 * i + 8])
+    for batch in full_batches(data, 50, 8, args.steps, device):
         start = time.perf_counter()
-        with autocast(device, "bf16"):
-            loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(batch)
         seconds.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
     print(json.dumps({"peak_rss_bytes": peak, "seconds": seconds}))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,29 +110,38 @@ def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, d
     return model
 
 
+def full_batches(data, max_len: int, batch_size: int, count: int, device: torch.device) -> list[Batch]:
+    """``count`` batches of full-length training windows (every batch the same shape)."""
+    windows, skip = training_windows(data.train_sequences(), max_len)
+    full = (windows > 0).sum(1) == max_len + 1
+    windows, skip = torch.from_numpy(windows[full]), torch.from_numpy(skip[full])
+    needed = batch_size * count
+    if len(windows) < needed:
+        raise SystemExit(f"{data.name} has {len(windows)} windows of {max_len + 1} items; batch size x steps needs "
+                         f"{needed}: pick a data set with longer sequences (ml-100k) or a shorter --max-len")
+    return [Batch(windows[i : i + batch_size], skip[i : i + batch_size]).to(device) for i in range(0, needed, batch_size)]
+
+
+def training_step(model: torch.nn.Module, device: torch.device, precision: str) -> Callable[[Batch], None]:
+    """One step as ``darec train`` takes it: the loss under the precision's autocast, its backward, a fused AdamW step."""
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(batch: Batch) -> None:
+        with autocast(device, precision):
+            loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
 def measure(device: torch.device, name: str, args: argparse.Namespace) -> list[Row]:
     """A training row, and with ``--inference`` one for scoring the catalogue, for one path."""
     path = PATHS[name]
     data = load_dataset(args.dataset)
     model = build(device, path, args, data)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    windows, skip = training_windows(data.train_sequences(), args.max_len)
-    full = (windows > 0).sum(1) == args.max_len + 1  # full-length windows: every batch the same shape
-    windows, skip = torch.from_numpy(windows[full]), torch.from_numpy(skip[full])
-    needed = args.batch_size * (args.warmup + args.steps)
-    if len(windows) < needed:
-        raise SystemExit(f"{args.dataset} has {len(windows)} windows of {args.max_len + 1} items; batch size x steps needs "
-                         f"{needed}: pick a data set with longer sequences (ml-100k) or a shorter --max-len")
-    batches = [Batch(windows[i : i + args.batch_size], skip[i : i + args.batch_size]).to(device)
-               for i in range(0, needed, args.batch_size)]
-
-    def step(batch: Batch) -> None:
-        with autocast(device, path.precision):
-            loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    batches = full_batches(data, args.max_len, args.batch_size, args.warmup + args.steps, device)
+    step = training_step(model, device, path.precision)
     times = [timed(lambda b=b: step(b), device) for b in batches]
     if args.profile:
         profile(step, batches[-2:], device, args.profile)

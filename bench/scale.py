@@ -213,7 +213,6 @@ def shard_worker(shard: str, steps: int, out: Path) -> None:
                                                  "seconds_per_step": epoch["train_seconds"] / steps}))
 
 
-
 def shard_point(shard: str, steps: int, cpus: str) -> dict[str, Any]:
     """Two processes under torchrun (pinned to ``cpus``): the largest of their figures."""
     with tempfile.TemporaryDirectory() as scratch:

@@ -56,7 +56,6 @@ def markdown(rows: list[Row]) -> str:
          "mean batch", "seconds"], cells)
 
 
-
 def histories(run_dir: Path, n: int = 2000) -> list[list[str]]:
     """Test users' histories (original ids), the last 50 items of each."""
     config = read_config(run_dir)
