@@ -27,6 +27,15 @@ def test_leave_one_out_split_and_contiguous_ids() -> None:
     assert pop[0] == 0 and pop[x] == 1 and pop.sum() == 3
 
 
+def test_digest_changes_with_anything_a_model_sees() -> None:
+    sequences = {"a": ["x", "y", "z", "w"], "b": ["y", "x", "q"]}
+    digest = build_dataset(RawData.from_sequences(sequences, {"x": "Ex"}, "mem"), "toy").digest()
+    assert build_dataset(RawData.from_sequences(sequences, {"x": "Ex"}, "mem"), "other name").digest() == digest
+    assert build_dataset(RawData.from_sequences(sequences, {"x": "Ex2"}, "mem"), "toy").digest() != digest
+    swapped = {"a": ["x", "z", "y", "w"], "b": ["y", "x", "q"]}
+    assert build_dataset(RawData.from_sequences(swapped, {"x": "Ex"}, "mem"), "toy").digest() != digest
+
+
 def test_kcore_is_iterative() -> None:
     raw = RawData.from_sequences({"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["a", "c", "d"]})
     kept = lambda k: RawData(raw.users[kcore(raw.users, raw.items, k)], raw.items[kcore(raw.users, raw.items, k)],

@@ -124,6 +124,22 @@ def test_a_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:
         Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["hidden_size=32"])
 
 
+def test_a_finished_run_asked_again_reads_its_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import darec.train.trainer as trainer_module
+
+    rows = Trainer(build_config(overrides=[*FAST, "epochs=1"]), tmp_path / "r", progress=False).fit()
+    scored = []
+    real = trainer_module.result_rows
+    monkeypatch.setattr(trainer_module, "result_rows", lambda *a, **k: scored.append(1) or real(*a, **k))
+    assert Trainer(None, tmp_path / "r", resume=True, progress=False).fit() == rows and not scored
+    # What the evaluation depends on changed (here the config, through a setting a resume may change): scored again.
+    again = Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["eval_batch_size=7"]).fit()
+    assert scored == [1] and [r["ndcg@10"] for r in again] == [r["ndcg@10"] for r in rows]
+    (tmp_path / "r" / "per_user_test.safetensors").unlink()  # a file the kept evaluation needs is gone: scored again
+    Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["eval_batch_size=7"]).fit()
+    assert scored == [1, 1] and (tmp_path / "r" / "per_user_test.safetensors").exists()
+
+
 def test_validation_on_a_fixed_sample_of_users(tmp_path: Path) -> None:
     full = Trainer(build_config(overrides=[*FAST, "epochs=1"]), tmp_path / "a", progress=False)
     some = Trainer(build_config(overrides=[*FAST, "epochs=1", "valid_users=10"]), tmp_path / "b", progress=False)

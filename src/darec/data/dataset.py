@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,15 @@ class SequenceDataset:
     @property
     def n_items(self) -> int:
         return len(self.item_ids) - 1
+
+    def digest(self) -> str:
+        """A checksum of everything a model sees of this data set (sequences, ids, item text
+        and attributes): equal digests, equal evaluations of the same weights."""
+        h = hashlib.sha256()
+        for array in (self.sequences.values, self.sequences.starts, self.sequences.stops):
+            h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        h.update(json.dumps([self.user_ids, self.item_ids, self.item_text, self.item_attributes]).encode())
+        return h.hexdigest()
 
     def train_sequences(self) -> Ragged:
         return self.sequences.cut(2)
