@@ -66,6 +66,13 @@ class SequentialRecommender(nn.Module):
         """Repeated blocks worth compiling (an LLM's decoder layers; see :func:`darec.device.apply_compile`)."""
         return []
 
+    def skips_parameters(self) -> bool:
+        """Whether a training step may leave some trained parameters without a gradient (a
+        router sending no token to an expert). Several processes then have to look for them
+        every step (DDP's ``find_unused_parameters``); a parameter a model never reads should
+        not be trained at all."""
+        return False
+
     def eval_batch_size(self, device: torch.device) -> int:
         """Users per evaluation batch when ``train.eval_batch_size`` is 0 (automatic)."""
         return 512

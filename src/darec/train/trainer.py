@@ -156,7 +156,8 @@ class Trainer:
         # every step: ours are built from the data alike everywhere, or count (expert usage)
         # what their own process saw. Some models leave parameters out of some steps.
         self.ddp = DistributedDataParallel(LossOf(self.model), device_ids=[self.device.index] if self.device.type == "cuda"
-                                           else None, broadcast_buffers=False, find_unused_parameters=True) \
+                                           else None, broadcast_buffers=False,
+                                           find_unused_parameters=self.model.skips_parameters()) \
             if self.group.world > 1 and params and not self.sharded else None
         # Sharded layers run in step on every process, so each evaluates every user (sharing them out would
         # leave one process waiting in a layer the others never call); the first one writes.

@@ -175,6 +175,21 @@ def test_ablations_build_and_run() -> None:
     assert np.isfinite(e4srec.loss(batch).item())
 
 
+@pytest.mark.parametrize("overrides", [[], ["lambda_cf=0"], ["lambda_cf=0", "head=linear"], ["item_input=text", "lambda_cf=0", "head=linear"],
+                                       ["model=e4srec"], ["cf_freeze=true"], ["model=mixrec"]])
+def test_every_trained_parameter_gets_a_gradient_and_no_other_is_trained(overrides: list[str]) -> None:
+    # What a configuration never reads is not trained: trainable counts are exact, and several
+    # processes need not look for unused parameters every step (only a router may skip some).
+    data = load_dataset("synthetic-tiny")
+    items, skip = training_windows(data.train_sequences(), 10)
+    model = _model(*overrides, n_items=data.n_items)
+    model.prepare(data)
+    model.loss(Batch(torch.from_numpy(items[:8]), torch.from_numpy(skip[:8]))).backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and {n for n, p in model.named_parameters() if p.grad is not None} == trained
+    assert model.skips_parameters() == (model.config.name == "mixrec")
+
+
 def test_items_head_scores_in_the_collaborative_space() -> None:
     data = load_dataset("synthetic-tiny")
     items, skip = training_windows(data.train_sequences(), 10)

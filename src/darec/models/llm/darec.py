@@ -140,6 +140,12 @@ class DARec(SequentialRecommender):
         self.semantic_marker = nn.Parameter(torch.randn(hidden) * scale) if self.semantic else None
         self.user_proj = nn.Linear(hidden, c.cf_hidden)
         self.head = nn.Linear(hidden, n_items + 1) if c.head == "linear" else None
+        # Not trained where this configuration never reads them (counts stay exact; see skips_parameters):
+        # the collaborative encoder runs only for the alignment, its item table feeds ID tokens or scores.
+        if c.lambda_cf == 0:
+            self.cf.requires_grad_(False)
+            self.cf.encoder.item_embedding.requires_grad_(self.id_proj is not None or self.head is None)
+            self.user_proj.requires_grad_(self.head is None)
 
     def train(self, mode: bool = True) -> DARec:
         super().train(mode)
@@ -149,6 +155,9 @@ class DARec(SequentialRecommender):
 
     def compile_regions(self) -> list[nn.Module]:
         return list(decoder_layers(self.llm))
+
+    def skips_parameters(self) -> bool:
+        return bool(self.routers)  # top-k routing may send no token of a step to an expert
 
     def eval_batch_size(self, device: torch.device) -> int:
         # Evaluation pads each batch of length-sorted users to its longest packed history. On a CPU,
