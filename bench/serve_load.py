@@ -13,6 +13,9 @@ connections), mean_batch_size (histories a forward pass, from the server's /metr
 seconds.
 
     python bench/serve_load.py --run sasrec=runs/ml-100k-sasrec --run darec=bench/work/darec_accuracy/ml-100k/cpu-full-darec
+
+Options after a run's folder go to its ``darec serve`` (the same run under several settings, one
+invocation: ``--run "darec-30-layers-eager=DIR --compile off --max-batch 32" --run darec-30-layers=DIR``).
     python bench/serve_load.py --dataset ml-100k          # trains a SASRec first (bench/work/serve_load)
 """
 
@@ -23,6 +26,7 @@ import asyncio
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -109,11 +113,11 @@ async def drive(url: str, users: list[list[str]], concurrency: int, seconds: flo
             "mean_batch_size": (after[0] - before[0]) / passes if passes else 0.0, "seconds": elapsed}
 
 
-def serve(run_dir: Path, batching: bool, cpus: str, threads: int) -> tuple[subprocess.Popen, str]:
+def serve(run_dir: Path, batching: bool, cpus: str, threads: int, options: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     darec = Path(sys.executable).with_name("darec")
     command = ["taskset", "-c", cpus, str(darec), "serve", str(run_dir), "--port", str(port), "--device", "cpu",
-               "--batching" if batching else "--no-batching"]
+               "--batching" if batching else "--no-batching", *options]
     server = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -132,7 +136,8 @@ def serve(run_dir: Path, batching: bool, cpus: str, threads: int) -> tuple[subpr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR to serve (repeatable)")
+    parser.add_argument("--run", action="append", default=[],
+                        help="'NAME=RUN_DIR [darec serve options]' to serve (repeatable)")
     parser.add_argument("--dataset", default="ml-100k", help="without --run: train a SASRec on this data set and serve it")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32, 128])
     parser.add_argument("--seconds", type=float, default=15.0, help="how long each concurrency is driven")
@@ -141,23 +146,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    runs = dict(r.split("=", 1) for r in args.run)
+    runs = {name: shlex.split(rest) for name, rest in (r.split("=", 1) for r in args.run)}
     if not runs:
         run_dir = HERE / "work" / "serve_load" / f"{args.dataset}-sasrec"
         if not RunDir(run_dir).results.exists():
             Trainer(build_config(overrides=[*SASREC, f"dataset={args.dataset}"]), run_dir, progress=False).fit()
-        runs = {"sasrec": str(run_dir)}
+        runs = {"sasrec": [str(run_dir)]}
     os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
-    for name, run_dir in runs.items():
+    for name, (run_dir, *options) in runs.items():
         users = histories(Path(run_dir))
         dataset = read_config(Path(run_dir)).data.dataset
         for batching in (True, False):
-            server, url = serve(Path(run_dir), batching, args.server_cpus, args.threads)
+            server, url = serve(Path(run_dir), batching, args.server_cpus, args.threads, options)
             try:
                 for concurrency in args.concurrency:
                     result = asyncio.run(drive(url, users, concurrency, args.seconds))
                     row = {"model": name, "dataset": dataset, "concurrency": concurrency, "micro_batching": batching, **result,
-                           "run": str(run_dir), "machine": machine(), "versions": versions(), "command": command_line(),
+                           "run": str(run_dir), "serve_options": " ".join(options), "machine": machine(), "versions": versions(), "command": command_line(),
                            # save_rows keys (one row a model, data set, setting and concurrency)
                            "variant": f"c{concurrency}-{'batched' if batching else 'unbatched'}", "protocol": "load",
                            "split": "-"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
@@ -141,10 +141,14 @@ def serve(
     token: Annotated[Optional[str], typer.Option(envvar="DAREC_TOKEN", help="Bearer token every endpoint but /health "
                                                  "requires (or the DAREC_TOKEN environment variable); none: no auth.")] = None,
     batching: Annotated[bool, typer.Option(help="Gather concurrent requests into one forward pass.")] = True,
-    max_batch: Annotated[int, typer.Option(help="Most histories in one forward pass.", min=1)] = 32,
+    max_batch: Annotated[int, typer.Option(help="Most histories in one forward pass (0: 32, or fewer where the model "
+                                               "asks: an LLM on a CPU takes about 4k tokens a pass).", min=0)] = 0,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch (0: a batch is "
                                                "what arrived during the last forward pass).", min=0)] = 0.0,
     max_history: Annotated[int, typer.Option(help="Most items in one history.", min=1)] = 1000,
+    compile: Annotated[Literal["auto", "on", "off"], typer.Option(
+                                         help="Compile the model's repeated blocks before serving (auto: an LLM backbone "
+                                         "on a CPU or GPU where compiling works).")] = "auto",
 ) -> None:
     """Serve a run over HTTP: POST /recommend, /recommend/batch; GET /items, /health, /metrics, /docs, and a page at /."""
     import uvicorn
@@ -153,7 +157,7 @@ def serve(
     from darec.serve.app import ServeSettings, create_app
 
     try:
-        recommender = Recommender(run_dir, device=device)
+        recommender = Recommender(run_dir, device=device, compile=compile)
     except USER_ERRORS as exc:
         fail(exc)
     settings = ServeSettings(token=token or "", batching=batching, max_batch=max_batch, max_wait_ms=max_wait_ms,

@@ -84,7 +84,7 @@ class Health(BaseModel):
 class ServeSettings:
     token: str = ""  # bearer token; empty = no auth
     batching: bool = True
-    max_batch: int = 32
+    max_batch: int = 0  # histories a forward pass holds at most; 0: 32, or fewer where the model asks (an LLM on a CPU)
     max_wait_ms: float = 0.0  # 0: a batch is what arrived while the last forward pass ran
     max_history: int = 1000  # entries in one history
     max_histories: int = 256  # histories in one batch request
@@ -161,7 +161,8 @@ class Guard:
 def create_app(recommender: Recommender, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
-    scorer = Scorer(recommender, settings.batching, settings.max_batch, settings.max_wait_ms, metrics.batch.observe)
+    max_batch = settings.max_batch or min(32, recommender.batch_size)
+    scorer = Scorer(recommender, settings.batching, max_batch, settings.max_wait_ms, metrics.batch.observe)
     has_text = any(recommender.titles[1:])
 
     @asynccontextmanager

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 
 from darec.data.batching import pad_right
+from darec.device import apply_compile
 from darec.errors import InputError, UnknownKey
 from darec.models.catalogue import CatalogueScores, top_k
 from darec.train.run import load_run
 
 
 class Recommender:
-    def __init__(self, run_dir: str | Path, device: str = "auto", chunk: int | None = None):
+    def __init__(self, run_dir: str | Path, device: str = "auto", chunk: int | None = None, compile: str = "off"):
         """``chunk``: items scored at once for top-k (None: the run's ``train.eval_chunk``; 0:
-        automatic, see :func:`darec.models.catalogue.chunk_size`)."""
+        automatic, see :func:`darec.models.catalogue.chunk_size`). ``compile`` (auto, on, off; see
+        :func:`darec.device.apply_compile`): worth its start-up time in a long-lived service only."""
         self.run_dir = Path(run_dir)
         loaded = load_run(self.run_dir, device)
         self.model, self.config, self.run_state = loaded.model, loaded.config, loaded.state
@@ -35,6 +37,19 @@ class Recommender:
                 by_title.setdefault(title, []).append(i)
         self.title_index = {title: items[0] for title, items in by_title.items() if len(items) == 1}
         self.device = next(iter(self.model.state_dict().values())).device
+        # Histories a forward pass should hold at most: the model's own evaluation batch (about 4k
+        # packed tokens for an LLM on a CPU, where larger batches pad more and leave the cache).
+        self.batch_size = self.model.eval_batch_size(self.device)
+        self.compiled = apply_compile(self.model, self.device, compile)
+        if self.compiled:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile before the first request, not during it: two batches of different shapes,
+        so the second compilation already takes any batch size and history length."""
+        for users, length in ((1, 1), (2, 3)):
+            items = np.arange(1, length + 1) % self.n_items + 1
+            self.top_k_batch([items] * users, [1] * users, [True] * users)
 
     @property
     def n_items(self) -> int:
