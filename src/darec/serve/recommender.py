@@ -45,9 +45,10 @@ class Recommender:
             self._warm_up()
 
     def _warm_up(self) -> None:
-        """Compile before the first request, not during it: two batches of different shapes,
-        so the second compilation already takes any batch size and history length."""
-        for users, length in ((1, 1), (2, 3)):
+        """Compile before the first request, not during it. torch compiles for the shapes it
+        first sees, again with a length that varies, and a batch of one stays a case of its own:
+        so one user at two lengths, then two batches of several users."""
+        for users, length in ((1, 1), (1, 2), (2, 2), (3, 3)):
             items = np.arange(1, length + 1) % self.n_items + 1
             self.top_k_batch([items] * users, [1] * users, [True] * users)
 
