@@ -11,6 +11,8 @@ validation metrics, epochs and the base run.
     python bench/tune.py --name mixrec-cpu --base work/mixrec/ml-100k/cpu/searched-mixrec \\
         --grid lr=1e-3,3e-3 lambda_balance=0.01,0.1
     python bench/tune.py --name uniform-lora-cpu --base work/dynamic_adaption/ml-100k/cpu/uniform-lora --grid lr=1e-3,3e-3
+
+Grid points train in ``--workdir``/DATASET/NAME/POINT.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "tuning")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    dataset = read_config(args.base).data.dataset
     for overrides in points(args.grid):
         point = ",".join(overrides)
-        result = tune_point(args.base, overrides, args.workdir / args.name / point.replace("/", "_"))
+        result = tune_point(args.base, overrides, args.workdir / dataset / args.name / point.replace("/", "_"))
         row = {"dataset": result["dataset"], "model": result["model"], "variant": f"{args.name}:{point}",
                "name": args.name, "point": point, "protocol": "full", "split": "valid", "exclude_history": False,
                **{m: result["valid"][m] for m in METRICS}, "epochs": result["epochs"], "best_epoch": result["best_epoch"],
