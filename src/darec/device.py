@@ -141,6 +141,10 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
     # train several models in one process (a plan search, a plan under several settings) hit it.
     # A model compiled anew starts from an empty cache.
     torch.compiler.reset()
+    # Layers share one compiled function, but layers with different adapters (a searched plan, a
+    # MixRec mixture) guard on different hooks: each kind needs its own compilations, for each
+    # shape seen (training, evaluation, a last short batch). Past the limit a layer runs eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(regions))
     for region in regions:
         region.compile()
     return True
