@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field
 
 from darec.errors import DarecError, InputError
-from darec.serve.batching import Scorer
+from darec.serve.batching import MAX_BATCH, Scorer
 from darec.serve.recommender import Recommender
 
 ItemRef = Annotated[str | int, Field(description="An original item id, or an item's exact title.")]
@@ -161,7 +161,7 @@ class Guard:
 def create_app(recommender: Recommender, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
-    max_batch = settings.max_batch or min(32, recommender.batch_size)
+    max_batch = settings.max_batch or min(MAX_BATCH, recommender.batch_size)
     scorer = Scorer(recommender, settings.batching, max_batch, settings.max_wait_ms, metrics.batch.observe)
     has_text = any(recommender.titles[1:])
 

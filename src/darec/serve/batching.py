@@ -18,6 +18,9 @@ import numpy as np
 from darec.serve.recommender import Recommender
 
 
+MAX_BATCH = 32  # histories a forward pass holds at most, unless the model asks for fewer
+
+
 @dataclass
 class Pending:
     history: np.ndarray
@@ -29,7 +32,7 @@ class Pending:
 class Scorer:
     """Scores histories for the service, batched or one by one; ``on_batch(size)`` sees every forward pass."""
 
-    def __init__(self, recommender: Recommender, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 0.0,
+    def __init__(self, recommender: Recommender, batching: bool = True, max_batch: int = MAX_BATCH, max_wait_ms: float = 0.0,
                  on_batch: Callable[[int], None] = lambda size: None):
         self.recommender, self.batching, self.max_batch, self.max_wait = recommender, batching, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch
