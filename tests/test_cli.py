@@ -56,6 +56,9 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     config.write_text("train:\n  epohcs: 3\n")
     result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(tmp_path / "y")])
     assert result.exit_code == 2 and "Did you mean 'epochs'" in result.output
+    # The value is shown as typed: brackets (a plan, a list) are not taken for the console's markup.
+    result = runner.invoke(app, ["train", "--set", "plan=[moe[houlsby:16, ia3]:k=2]", "--run-dir", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "plan=[moe[houlsby:16, ia3]:k=2]" in " ".join(result.output.split()), result.output
     result = runner.invoke(app, ["train", "--dataset", "no-such-data", "--run-dir", str(tmp_path / "z")])
     assert result.exit_code == 2 and "no such data set" in result.output
     # Nothing is named or written for a run that never started.

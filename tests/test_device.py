@@ -68,8 +68,8 @@ def test_compile_is_regional_and_auto_skips_small_backbones(monkeypatch: pytest.
     assert apply_compile(model, CPU, "on")
     assert all(layer._compiled_call_impl is not None for layer in model.compile_regions())
     # Room for each layer to need its own compilations (layers of other adapter kinds guard on
-    # other hooks; a mixed plan on two layers went past torch's default of 8 and ran eager).
-    assert torch._dynamo.config.recompile_limit >= 8 * len(model.compile_regions())
+    # other hooks; a mixed MixRec plan on two layers went past 8, then past 16, and ran eager).
+    assert torch._dynamo.config.recompile_limit >= max(64, 8 * len(model.compile_regions()))
     assert set(model.state_dict()) == keys  # in place: checkpoints keep their names
     with torch.no_grad():
         assert torch.allclose(model.score(items, lengths), eager, atol=1e-4)

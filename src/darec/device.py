@@ -143,8 +143,10 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
     torch.compiler.reset()
     # Layers share one compiled function, but layers with different adapters (a searched plan, a
     # MixRec mixture) guard on different hooks: each kind needs its own compilations, for each
-    # shape seen (training, evaluation, a last short batch). Past the limit a layer runs eager.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(regions))
+    # grad mode (training, evaluation) and each size that turns out to vary (batch, length, a
+    # router's weights). A 2-layer MixRec plan needed over 16 on scientific. Past the limit a
+    # layer runs eager, so the limit is generous: sizes become dynamic after their first change.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64, 8 * len(regions))
     for region in regions:
         region.compile()
     return True

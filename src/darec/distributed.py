@@ -100,6 +100,16 @@ def barrier(group: Group) -> None:
         dist.barrier()
 
 
+def leave() -> None:
+    """End this process's part in its group, once its work is done. All wait for each other
+    first: a process that exits straight after a collective can cut off the last message a
+    slower peer is still reading ("Connection closed by peer"). Then the group is closed, as
+    torch asks: left open, its threads can abort the interpreter at exit."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_frozen(model: nn.Module, regions: list[nn.Module], frozen: set[nn.Parameter],
                  methods: tuple[str, ...] = ("loss", "user_states", "item_vectors", "score")) -> int:
     """Split the ``frozen`` parameters of each region (an LLM's decoder layers) across the

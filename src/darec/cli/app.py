@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from darec.config import ConfigError, load_yaml
@@ -41,7 +42,7 @@ _logger.propagate = False
 
 
 def fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")  # its text may hold brackets: plans, lists
     raise typer.Exit(2)
 
 
@@ -73,7 +74,7 @@ def default_run_dir(dataset: str, model: str) -> Path:
 def train_run(config_path: Optional[Path], model: Optional[str], dataset: Optional[str], overrides: list[str],
               run_dir: Optional[Path], resume: Optional[Path], progress: bool) -> list[dict]:
     """Train (or resume), then print the metrics table and where the run is; returns the result rows."""
-    from darec.distributed import launched_world
+    from darec.distributed import launched_world, leave
     from darec.train import Trainer, build_config
 
     try:
@@ -99,6 +100,7 @@ def train_run(config_path: Optional[Path], model: Optional[str], dataset: Option
         rows = trainer.fit()
     except USER_ERRORS as exc:
         fail(exc)
+    leave()
     if not trainer.main:  # under a launcher, one process reports
         return rows
     console.print(metrics_table(rows, f"{trainer.config.model.name} on {stats['dataset']} (leave-one-out)"))
