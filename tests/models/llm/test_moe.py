@@ -61,6 +61,9 @@ def test_balance_loss_by_hand_and_at_its_minimum() -> None:
     chosen = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
     # f = (1/2, 1/2, 0), P = (0.4, 0.4, 0.2): 3 * (0.2 + 0.2)
     assert balance_loss(probs, chosen).item() == pytest.approx(1.2)
+    # Padding tokens count for nothing: only the first here, f = (1, 0, 0), P = (0.7, 0.2, 0.1).
+    assert balance_loss(probs, chosen, torch.tensor([True, False])).item() == pytest.approx(2.1)
+    assert balance_loss(probs, chosen, torch.tensor([False, False])).item() == 0.0
     # A uniform dispatch gives 1 whatever the probabilities ...
     uniform = torch.eye(3).repeat(4, 1)
     assert balance_loss(torch.softmax(torch.randn(12, 3), -1), uniform).item() == pytest.approx(1.0)

@@ -79,12 +79,16 @@ class MoESpec:
             raise ConfigError(f"moe[...]: k={self.k} but only {len(self.experts)} expert(s)")
 
 
-def balance_loss(probs: Tensor, chosen: Tensor) -> Tensor:
+def balance_loss(probs: Tensor, chosen: Tensor, real: Tensor | None = None) -> Tensor:
     """Switch's load-balancing loss: ``E * sum_e f_e P_e``, with ``probs`` ``[N, E]`` the router
-    probabilities of N tokens and ``chosen`` ``[N, E]`` 1 where a token is routed to an expert."""
-    n_experts = probs.size(-1)
-    share = chosen.sum(0) / chosen.sum()  # f_e: each expert's share of the routing slots
-    return n_experts * (share * probs.mean(0)).sum()
+    probabilities of N tokens and ``chosen`` ``[N, E]`` 1 where a token is routed to an expert,
+    over the tokens ``real`` (``[N]``, bool; default all) marks: a weight, not an index, so the
+    layer compiles as one graph (an index's size depends on the data). No real token: 0."""
+    keep = probs.new_ones(probs.shape[:-1]) if real is None else real.to(probs.dtype)
+    chosen = chosen * keep[..., None]
+    share = chosen.sum(0) / chosen.sum().clamp(min=1)  # f_e: each expert's share of the routing slots
+    mean_probs = (probs * keep[..., None]).sum(0) / keep.sum().clamp(min=1)
+    return probs.size(-1) * (share * mean_probs).sum()
 
 
 class Router(nn.Module):
@@ -111,10 +115,10 @@ class Router(nn.Module):
         probs = F.softmax(self.gate(hidden).float(), dim=-1)
         top, index = probs.topk(self.k, dim=-1)
         self.weights = torch.zeros_like(probs).scatter(-1, index, top / top.sum(-1, keepdim=True).detach())
-        chosen = torch.zeros_like(probs).scatter(-1, index, 1.0)[real]
-        self.balance = balance_loss(probs[real], chosen) if len(chosen) else probs.sum() * 0
+        chosen = torch.zeros_like(probs).scatter(-1, index, 1.0)
+        self.balance = balance_loss(probs.flatten(0, 1), chosen.flatten(0, 1), real.flatten())
         if self.training:
-            self.usage += chosen.sum(0).detach().to(self.usage.dtype)
+            self.usage += (chosen * real[..., None]).sum((0, 1)).detach().to(self.usage.dtype)
 
     def weight(self, expert: int) -> Tensor:
         """``[B, T, 1]``: the weight of ``expert`` for each token of this forward."""
