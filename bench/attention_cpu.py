@@ -13,7 +13,11 @@ the boolean mask (what darec runs). Ways:
   chunk may see (skipping the masked upper blocks);
 - ``math``: the attention as two matmuls and a softmax, in bf16;
 - ``flex``: ``torch.compile``'d FlexAttention with a BlockMask (forward only: it has no CPU
-  backward).
+  backward);
+- ``darec``: darec's own (``darec.models.llm.attention``, what a compiled DARec layer trains
+  with on a CPU): SDPA's CPU flash forward, and a backward that recomputes the probabilities
+  one user at a time, each half of the queries against the keys it may see, fused by
+  ``torch.compile``.
 
     python bench/attention_cpu.py
 """
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from common import HERE, Row, command_line, machine, markdown_table, save_rows, versions
+from darec.models.llm.attention import masked_attention
 
 RESULTS = HERE / "results" / "attention_cpu.json"
 BATCH, HEADS, ITEMS, ITEM_TOKENS, HEAD_DIM = 8, 9, 50, 13, 64
@@ -100,6 +105,8 @@ def main() -> None:
         **{f"chunked-{n}": (chunked(n, mask), torch.bfloat16, True) for n in (2, 5, 10)},
         "math": (math(mask), torch.bfloat16, True),
         "flex": (flex(tokens), torch.bfloat16, False),
+        "darec": (lambda q, k, v: masked_attention(q, k, v, mask, HEAD_DIM ** -0.5)[0].transpose(1, 2), torch.bfloat16,
+                  True),
     }
     with torch.no_grad():
         reference = ways["sdpa-bool"][0](q, k, v).float()
@@ -134,7 +141,8 @@ def main() -> None:
 
 
 def markdown(rows: list[Row]) -> str:
-    order = ["sdpa-bool", "sdpa-float", "sdpa-fp32", "sdpa-causal", "chunked-2", "chunked-5", "chunked-10", "math", "flex"]
+    order = ["sdpa-bool", "sdpa-float", "sdpa-fp32", "sdpa-causal", "chunked-2", "chunked-5", "chunked-10", "math", "flex",
+             "darec"]
     cells = [[r["variant"], r["dtype"], f"{r['forward_ms']:.1f}",
               "no CPU backward" if r["forward_backward_ms"] is None else f"{r['forward_backward_ms']:.1f}",
               "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.4f}"]
@@ -144,7 +152,8 @@ def markdown(rows: list[Row]) -> str:
         ["One layer's attention: 8 users x 650 tokens (50 items of 13), 9 heads of 64, one thread, DARec's block mask",
          "(a token sees its own item and every earlier one). The ways take turns over several rounds; the median of",
          "the rounds' medians is shown (the machine is shared: read ratios). diff: largest difference",
-         "from sdpa-bool, darec's way (sdpa-causal is another mask: the kernel's best case, for reference)."],
+         "from sdpa-bool, transformers' SDPA attention (sdpa-causal is another mask: the kernel's best case, for",
+         "reference). darec: darec's own, what its compiled layers train with on a CPU."],
         ["way", "dtype", "forward ms", "forward + backward ms", "diff"], cells)
 
 

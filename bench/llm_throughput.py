@@ -11,7 +11,11 @@ Paths, measured on the same batches in one invocation (``--paths``):
 - ``fp32``: fp32 eager, the baseline every row's ``speedup`` is over;
 - ``bf16-autocast``: bf16 autocast with the frozen weights kept in fp32 (cast at every op);
 - ``bf16``: the frozen backbone held in bf16 under autocast (``precision=bf16``, and what
-  ``precision=auto`` picks on CPUs with AMX-BF16/AVX512-BF16 and on CUDA).
+  ``precision=auto`` picks on CPUs with AMX-BF16/AVX512-BF16 and on CUDA);
+- ``bf16-nodrop``: also no LoRA dropout (``lora:8``'s default now);
+- ``bf16-nodrop-compiled-sdpa``: also the decoder layers compiled, attention by transformers' SDPA;
+- ``bf16-nodrop-compiled``: the same with darec's attention (SDPA's forward, its own CPU
+  backward: ``darec.models.llm.attention``), ``darec train``'s default path on such a CPU.
 
 MFU: ``4 x N x tokens/s`` (N the backbone's non-embedding parameters: with a frozen
 backbone the weight gradients are skipped, so about 4N FLOPs a token are done) over the
@@ -81,6 +85,7 @@ class ExecutionPath:
     hold: bool = True  # the frozen backbone held in bf16 (precision=bf16 in darec), else cast at every op
     lora_dropout: float = 0.05  # LoRA's dropout (lora:R's default); 0 draws no masks
     compiled: bool = False  # torch.compile on each decoder layer (train.compile; regional: one compilation serves all)
+    attention: str = "darec_sdpa"  # darec's (SDPA with its own CPU backward in compiled layers) or transformers' "sdpa"
 
 
 PATHS = {
@@ -88,6 +93,7 @@ PATHS = {
     "bf16-autocast": ExecutionPath("bf16", hold=False),
     "bf16": ExecutionPath("bf16"),
     "bf16-nodrop": ExecutionPath("bf16", lora_dropout=0.0),
+    "bf16-nodrop-compiled-sdpa": ExecutionPath("bf16", lora_dropout=0.0, compiled=True, attention="sdpa"),
     "bf16-nodrop-compiled": ExecutionPath("bf16", lora_dropout=0.0, compiled=True),
 }
 
@@ -102,6 +108,7 @@ def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, d
     model = build_model(config.model, data.n_items, args.max_len)
     model.prepare(data)
     model.to(device).train()
+    model.llm.config._attn_implementation = path.attention
     if path.hold:
         apply_precision(model, device, path.precision)
     else:
@@ -181,7 +188,7 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
                    f"{':inference' if task == 'inference' else ''}",
         "path": name, "task": task, "protocol": None, "split": None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled,
+        "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled, "attention": path.attention,
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_len": args.max_len,
         "item_tokens": args.item_tokens, "gradient_checkpointing": args.gradient_checkpointing,
         "tokens_per_step": statistics.median(tokens), "seconds_per_step": steady,

@@ -147,6 +147,11 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
     # router's weights). A 2-layer MixRec plan needed over 16 on scientific. Past the limit a
     # layer runs eager, so the limit is generous: sizes become dynamic after their first change.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64, 8 * len(regions))
+    # A tensor a module holds as a plain attribute (a MixRec router's weights for this forward,
+    # which its experts read) is taken as fixed in size by default, so every new batch or length
+    # compiled the layers again: 22 times for 18 history lengths on the tiny backbone. Such
+    # tensors get dynamic sizes as any input does (parameters and buffers stay fixed).
+    torch._dynamo.config.force_nn_module_property_static_shapes = False
     for region in regions:
         region.compile()
     return True

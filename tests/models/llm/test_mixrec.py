@@ -92,3 +92,28 @@ def test_the_cli_trains_it_and_shows_the_plan_as_written(tmp_path: Path) -> None
                                       "--set", "moe=moe[lora:4, ia3]:k=1"])
     assert result.exit_code == 0, result.output
     assert "0-1 moe[lora:4, ia3]:k=1" in " ".join(result.output.split())
+
+
+def test_a_compiled_mixed_plan_does_not_compile_again_for_every_history_length() -> None:
+    """The experts read their weights from the router, a tensor the layer holds as an attribute:
+    its sizes must be dynamic, or each new batch size or length compiles the layers again (a
+    2-layer plan ran past torch's recompile limit on scientific and went on uncompiled)."""
+    from torch._dynamo.utils import counters
+
+    from darec.device import apply_compile
+
+    data = load_dataset("synthetic-small")
+    model = _model(MIXED, n_items=data.n_items)
+    model.prepare(data)
+    apply_compile(model, torch.device("cpu"), "on")
+    windows, _ = training_windows(data.train_sequences(), 10)
+    model.eval()
+    counters.clear()
+    lengths = range(3, 11)
+    with torch.no_grad():
+        for length in lengths:
+            items = torch.from_numpy(windows[:4, -length:]).clone()
+            model.score(items, (items > 0).sum(1))
+    # Two kinds of layer, each compiled for its first length and then for any (and the router's
+    # hook): 6 graphs. With the router's weights fixed in size, 12: more than one a length.
+    assert 0 < counters["stats"]["unique_graphs"] < len(lengths), dict(counters["stats"])

