@@ -37,6 +37,30 @@ def run(processes: int, *args: str, timeout: float = 300) -> subprocess.Complete
     return done
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+
+
+def _state(pid: int) -> str:
+    try:
+        return _stat(pid)[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    return found
+
+
 def valid_ndcg(out: Path) -> list[float]:
     return [json.loads(line)["valid"]["ndcg@10"] for line in RunDir(out).metrics.read_text().splitlines()]
 
@@ -74,8 +98,15 @@ def test_two_processes_resume_after_a_kill_under_two_or_one(tmp_path: Path) -> N
         if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 1:
             break
         time.sleep(0.05)
-    os.killpg(started.pid, signal.SIGKILL)  # torchrun and both of its processes
+    # torchrun starts each process in a session of its own: killing torchrun alone would leave
+    # them training the run on, beside its resumption (this test failed so, now and then).
+    workers = children(started.pid)
+    assert len(workers) == 2, workers
+    for pid in (started.pid, *workers):
+        os.killpg(pid, signal.SIGKILL)
     started.wait()
+    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in workers):
+        time.sleep(0.05)
     done = json.loads(RunDir(out).state.read_text())["epoch"]
     assert 1 <= done < 4, "the kill came too late to test a resume"
     run(2, "train", "--resume", str(out), "--no-progress")
@@ -85,10 +116,14 @@ def test_two_processes_resume_after_a_kill_under_two_or_one(tmp_path: Path) -> N
     assert len(valid_ndcg(out)) == 6 and valid_ndcg(out)[-1] > valid_ndcg(out)[0]
 
 
-def test_the_run_directory_must_be_named_under_a_launcher(tmp_path: Path) -> None:
+def test_under_a_launcher_a_run_directory_is_named_and_a_search_refused(tmp_path: Path) -> None:
     done = subprocess.run(darec(1, "train", *ARGS, "--set", "epochs=1"), capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
     assert done.returncode != 0 and "--run-dir" in done.stderr
+    # A plan search is one process's work: under a launcher it is refused before it starts.
+    done = subprocess.run([sys.executable, "-m", "darec", "search", str(tmp_path / "search"), "--dataset", "synthetic-tiny"],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert done.returncode == 2 and "one process" in done.stderr and not (tmp_path / "search").exists()
 
 
 @pytest.mark.parametrize("model", ["darec", "mixrec"])

@@ -67,9 +67,13 @@ def search(
     resume: Annotated[bool, typer.Option(help="Continue the search in OUT (its saved settings; --trials may raise the total).")] = False,
 ) -> None:
     """Search the layer-wise adapter plan by Bayesian optimisation on validation NDCG@10."""
+    from darec.distributed import launched_world
     from darec.search import Search, SearchConfig
     from darec.train import build_config
 
+    if launched_world() > 1:  # each process would draw its own trials into one study, and their groups deadlock
+        fail(ConfigError("darec search runs in one process: start it without torchrun or accelerate launch "
+                         "(train the plan it finds under them: `darec train --plan OUT/best_plan.yaml`)"))
     try:
         if resume:
             runner = Search.resume(out, console=err)

@@ -1,17 +1,16 @@
 """Attention under a boolean mask with a faster backward on a CPU.
 
 DARec's decoder layers attend under a 4-D boolean mask (context masking: ``masking.py``).
-On a CPU, PyTorch's SDPA runs the forward of such an attention near the matmul rate, but
-its backward at a fifth of it: at the ``cpu-full`` shapes (8 users x 650 tokens, 9 heads
-of 64, bf16, one thread) 43 ms forward and about 290 ms backward a layer, half of a
-30-layer training step (``bench/attention_cpu.py``). No library has a faster CPU kernel
+On a CPU, PyTorch's SDPA runs the forward of such an attention fast, but its backward
+slowly: at the ``cpu-full`` shapes (8 users x 650 tokens, 9 heads of 64, bf16, one thread)
+37 ms forward and about 200 ms backward a layer, some 6 s of a 30-layer training step
+(``bench/results/attention_cpu.md``). No library has a faster CPU kernel
 for a masked attention's backward (FlexAttention has none on a CPU), so this module
 writes one: the forward is SDPA's own CPU flash kernel, which also returns the softmax's
 log-sum-exp; the backward recomputes the probabilities from it, one user at a time (its
 score matrices stay in the cache) and each half of its queries against only the keys
-they may see, with the elementwise work fused by ``torch.compile``. About 1.5x faster
-forward + backward at those shapes, 1.3x a whole training step; the same gradients up to
-bf16 rounding.
+they may see, with the elementwise work fused by ``torch.compile``: forward + backward in
+0.74x SDPA's time at those shapes, the same gradients up to bf16 rounding.
 
 It is registered with transformers as the ``darec_sdpa`` attention: where it is not the
 faster way it is SDPA itself. It runs only inside a compiled decoder layer on a CPU
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor
 
 NAME = "darec_sdpa"
-QUERY_CHUNKS = 2  # measured: 1 chunk 194 ms, 2 167, 3 165 (forward + backward at the cpu-full shapes)
+QUERY_CHUNKS = 2  # tried at the cpu-full shapes: 2 beat 1 and matched 3
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _compiled_user_backward: Any = None
 
