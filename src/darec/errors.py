@@ -18,3 +18,7 @@ class UnknownKey(DarecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RunInUse(DarecError, RuntimeError):
+    """A run directory another process is training."""

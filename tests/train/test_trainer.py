@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,19 @@ def test_progress_display_covers_validation_and_the_final_evaluation(tmp_path: P
     shown = out.getvalue()
     # Each display is drawn once more as it closes: training's last state is the last epoch's validation.
     assert "epoch 2/2, validating" in shown and "evaluating the best weights on test" in shown
+
+
+def test_a_run_being_trained_is_refused_to_a_second_trainer(tmp_path: Path) -> None:
+    from darec.errors import RunInUse
+
+    first = Trainer(build_config(overrides=[*FAST, "epochs=1"]), tmp_path / "r", progress=False)
+    first.fit()
+    started = Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=2"])
+    # Until `started` has finished, the run is its own: a second resume (another process, or a
+    # second trainer here) is refused with who holds it, and nothing of the run is touched.
+    state = (tmp_path / "r" / "trainer_state.json").read_text()
+    with pytest.raises(RunInUse, match=f"another process \\(pid {os.getpid()}\\)"):
+        Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=3"])
+    assert (tmp_path / "r" / "trainer_state.json").read_text() == state
+    started.fit()
+    assert len(Trainer(None, tmp_path / "r", resume=True, progress=False).state["history"]) == 2  # free again

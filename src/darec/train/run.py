@@ -12,6 +12,7 @@
       results.json         final rows (valid and test, full and sampled protocols)
       per_user_test.safetensors  each test user's metrics, for paired comparisons (darec compare);
                                  per_user_valid.safetensors once a comparison on validation asked for it
+      .lock                the pid of the process training it (held while it trains)
 
 Every file is written atomically; ``trainer_state.json`` is written last and is the
 commit point of a checkpoint. It records the SHA-256 of the config, the id map, the best
@@ -23,13 +24,15 @@ kept, so a resume can fall back to it when the newest is damaged.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ import torch
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
 from darec.device import apply_precision, resolve_device
-from darec.errors import InputError
+from darec.errors import InputError, RunInUse
 from darec.io import DamagedFile, atomic_write_json, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.models.base import Companions
@@ -47,6 +50,7 @@ from darec.train.config import RunConfig, build_config
 CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
+LOCK = ".lock"
 PER_USER = "per_user_{split}.safetensors"  # each user's metrics on a split, full ranking as trained
 FIGURE = "{name}.png"  # a model's picture of its last epoch (e.g. expert_usage.png)
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -62,6 +66,26 @@ class RunDir:
         self.path = Path(path)
         self.config, self.id_map, self.best, self.state, self.metrics, self.results = (
             self.path / name for name in (CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS))
+
+    def hold(self) -> IO[str]:
+        """Take the run for this process until it exits or closes the returned file (an OS lock,
+        freed however the process ends): a second trainer of the same run, such as a resume
+        started while the first still runs, is refused instead of mixing its writes with the
+        first's."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 (held open: the lock lives as long as the file)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise RunInUse(f"{self.path} is being trained by another process{f' (pid {holder})' if holder else ''}: "
+                           "let it finish, or stop it, before training this run") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
 
     def figure(self, name: str) -> Path:
         return self.path / FIGURE.format(name=name)

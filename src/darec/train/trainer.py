@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -89,6 +89,7 @@ class Trainer:
         self.run = RunDir(run_dir)
         # Under a launcher (torchrun, accelerate launch) only the first process writes and prints.
         self.main = launched_rank() == 0
+        self.hold: IO[str] | None = None  # the run's lock, held by the first process (RunDir.hold)
         self.console = (console or Console(stderr=True, log_path=False)) if self.main else Console(quiet=True)
         self.show_progress = progress and self.main
         resume_state = None
@@ -108,6 +109,7 @@ class Trainer:
                                      f"(epoch {resume_state['epoch']})")
                 if self.main:
                     check_writable(self.run_dir)
+                    self.hold = self.run.hold()
                 config, extended = self._resumed_config(list(overrides), resume_state)
         elif config is None:
             raise ConfigError("a config is needed for a new run")
@@ -173,7 +175,7 @@ class Trainer:
             if extended and self.state["finished"] and self.optimizer is not None:
                 self._reopen()
         elif self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.hold = self.run.hold()
             atomic_write_text(self.run.config, config.to_yaml())
             self.dataset.save_id_map(self.run.id_map)
             self.state.update(config_sha256=sha256(self.run.config), id_map_sha256=sha256(self.run.id_map))
@@ -386,7 +388,16 @@ class Trainer:
 
     def fit(self, on_epoch_end: Callable[[int], None] | None = None, final_evaluation: bool = True) -> list[dict[str, Any]]:
         """Train to the epoch budget or early stop, then evaluate the best weights (unless
-        ``final_evaluation`` is off, as in a search, which reads validation only). Returns result rows."""
+        ``final_evaluation`` is off, as in a search, which reads validation only). Returns result rows.
+        The run is this trainer's until it returns (another trainer of it is refused)."""
+        try:
+            return self._fit(on_epoch_end, final_evaluation)
+        finally:
+            if self.hold is not None:
+                self.hold.close()
+                self.hold = None
+
+    def _fit(self, on_epoch_end: Callable[[int], None] | None, final_evaluation: bool) -> list[dict[str, Any]]:
         t = self.config.train
         self.deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         if self.optimizer is None and self.state["epoch"] == 0:
