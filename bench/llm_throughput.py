@@ -188,7 +188,9 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
                    f"{':inference' if task == 'inference' else ''}",
         "path": name, "task": task, "protocol": None, "split": None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled, "attention": path.attention,
+        "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled,
+        # What ran: darec's backward only where it is used (a compiled layer, training); SDPA elsewhere.
+        "attention": "darec" if path.attention == "darec_sdpa" and path.compiled and task == "train" else "sdpa",
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_len": args.max_len,
         "item_tokens": args.item_tokens, "gradient_checkpointing": args.gradient_checkpointing,
         "tokens_per_step": statistics.median(tokens), "seconds_per_step": steady,
@@ -222,7 +224,8 @@ def markdown(rows: list[Row]) -> str:
     def cells(r: Row) -> list[str]:
         compile_cell = f"{r['compile_seconds']:.0f}" if r.get("compile_seconds") is not None else ""
         baseline = f"{r['baseline_tokens_per_second']:.0f}" if "baseline_tokens_per_second" in r else ""
-        return [r["device"], r.get("path", r["precision"]), r.get("task", "train"), r["variant"].split(":")[2].split("-")[0],
+        return [r["device"], r.get("path", r["precision"]), r.get("task", "train"), r.get("attention", "sdpa"),
+                r["variant"].split(":")[2].split("-")[0],
                 str(r["threads"]), str(r["batch_size"]), str(r["max_len"]), str(r["item_tokens"]),
                 "yes" if r["gradient_checkpointing"] else "no", f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_second']:.0f}",
                 baseline, f"{r['speedup']:.2f}x" if "speedup" in r else "", f"{r['matmul_flops_at_model_shapes'] / 1e12:.3f}",
@@ -237,8 +240,9 @@ def markdown(rows: list[Row]) -> str:
          "Speedup: over fp32 eager, same task, measured in the same invocation. MFU: 4N FLOPs a token for training (a",
          "frozen backbone does no weight gradients), 2N for inference, times tokens/s, over the matmul rate in the path's",
          "precision at the model's own shapes measured in the same run (the four oldest rows: a 4096 x 4096 matmul).",
-         "Compile s: what the warm-up steps took beyond steady steps, kept out of tokens/s."],
-        ["device", "path", "task", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
+         "Compile s: what the warm-up steps took beyond steady steps, kept out of tokens/s. Attention: transformers' SDPA,",
+         "or darec's (SDPA's forward, darec's own CPU backward: models/llm/attention.py; path -compiled-sdpa turns it off)."],
+        ["device", "path", "task", "attention", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
          "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
 
 
