@@ -43,6 +43,7 @@ from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
 from darec.device import adamw, apply_compile, apply_precision, autocast
+from darec.models.llm.attention import NAME as ATTENTION
 from darec.models.llm.backbone import layer_count
 
 RESULTS = HERE / "results" / "llm_throughput.json"
@@ -85,7 +86,7 @@ class ExecutionPath:
     hold: bool = True  # the frozen backbone held in bf16 (precision=bf16 in darec), else cast at every op
     lora_dropout: float = 0.05  # LoRA's dropout (lora:R's default); 0 draws no masks
     compiled: bool = False  # torch.compile on each decoder layer (train.compile; regional: one compilation serves all)
-    attention: str = "darec_sdpa"  # darec's (SDPA with its own CPU backward in compiled layers) or transformers' "sdpa"
+    attention: str = ATTENTION  # darec's (SDPA with its own CPU backward in compiled layers) or transformers' "sdpa"
 
 
 PATHS = {
@@ -190,7 +191,7 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled,
         # What ran: darec's backward only where it is used (a compiled layer, training); SDPA elsewhere.
-        "attention": "darec" if path.attention == "darec_sdpa" and path.compiled and task == "train" else "sdpa",
+        "attention": "darec" if path.attention == ATTENTION and path.compiled and task == "train" else "sdpa",
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "max_len": args.max_len,
         "item_tokens": args.item_tokens, "gradient_checkpointing": args.gradient_checkpointing,
         "tokens_per_step": statistics.median(tokens), "seconds_per_step": steady,

@@ -27,8 +27,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import logging
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path

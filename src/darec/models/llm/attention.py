@@ -72,11 +72,12 @@ def masked_attention_backward(dout: Tensor, query: Tensor, key: Tensor, value: T
     delta = (dout.to(wide) * out.transpose(1, 2).to(wide)).sum(-1, keepdim=True)
     mask = mask.expand(query.size(0), *mask.shape[1:])
     t = query.size(2)
+    size = -(-t // QUERY_CHUNKS)
     for b in range(query.size(0)):
         # The queries in halves: the first half's keys end where the furthest any of them sees
         # ends (a causal or block mask: about half the keys), so a quarter of the work is skipped.
-        for start in range(0, t, -(-t // QUERY_CHUNKS)):
-            rows = slice(start, start + -(-t // QUERY_CHUNKS))
+        for start in range(0, t, size):
+            rows = slice(start, start + size)
             allowed = mask[b, 0, rows]
             end = int(allowed.any(0).nonzero().max()) + 1
             dq[b, :, rows], dk_part, dv_part = _compiled_user_backward(
@@ -111,10 +112,7 @@ masked_attention.register_autograd(_backward, setup_context=_setup_context)
 def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                       dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:
     """transformers' attention interface: ``[B, H, T, D]`` in, ``[B, T, H, D]`` out."""
-    from transformers.integrations.sdpa_attention import (
-        repeat_kv,
-        sdpa_attention_forward,
-    )
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     ours = (torch.compiler.is_compiling() and query.device.type == "cpu" and torch.is_grad_enabled()
             and any(t.requires_grad for t in (query, key, value)) and isinstance(attention_mask, Tensor)
