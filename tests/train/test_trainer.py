@@ -254,3 +254,20 @@ def test_a_run_being_trained_is_refused_to_a_second_trainer(tmp_path: Path) -> N
     assert (tmp_path / "r" / "trainer_state.json").read_text() == state
     started.fit()
     assert len(Trainer(None, tmp_path / "r", resume=True, progress=False).state["history"]) == 2  # free again
+
+
+def test_a_trainer_that_fails_to_start_leaves_the_run_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import darec.train.trainer as trainer_module
+
+    Trainer(build_config(overrides=[*FAST, "epochs=1"]), tmp_path / "r", progress=False).fit()
+
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise OSError("the data cannot be read")
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "load_dataset", unreadable)
+        # A resume takes the run before it reads the data; the failed trainer stays referenced
+        # (by the traceback kept here), so only an explicit release frees the run.
+        with pytest.raises(OSError, match="cannot be read") as failed:
+            Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=2"])
+    assert failed.traceback  # still alive
+    Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=2"]).fit()

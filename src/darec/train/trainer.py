@@ -90,6 +90,14 @@ class Trainer:
         # Under a launcher (torchrun, accelerate launch) only the first process writes and prints.
         self.main = launched_rank() == 0
         self.hold: IO[str] | None = None  # the run's lock, held by the first process (RunDir.hold)
+        try:
+            self._set_up(config, resume, dataset, console, progress, overrides)
+        except BaseException:
+            self.release()  # a trainer that failed to start leaves its run free at once, not when collected
+            raise
+
+    def _set_up(self, config: RunConfig | None, resume: bool, dataset: SequenceDataset | None, console: Console | None,
+                progress: bool, overrides: list[str]) -> None:
         self.console = (console or Console(stderr=True, log_path=False)) if self.main else Console(quiet=True)
         self.show_progress = progress and self.main
         resume_state = None
@@ -393,9 +401,13 @@ class Trainer:
         try:
             return self._fit(on_epoch_end, final_evaluation)
         finally:
-            if self.hold is not None:
-                self.hold.close()
-                self.hold = None
+            self.release()
+
+    def release(self) -> None:
+        """Leave the run to other trainers (its lock freed)."""
+        if self.hold is not None:
+            self.hold.close()
+            self.hold = None
 
     def _fit(self, on_epoch_end: Callable[[int], None] | None, final_evaluation: bool) -> list[dict[str, Any]]:
         t = self.config.train
