@@ -205,13 +205,14 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
 
 
 def profile(step, batches: list[Batch], device: torch.device, path: Path) -> None:
-    """Where a step's time goes: torch.profiler's table of the ops with the most device time
-    (CPU time on CPU) over the given steps, appended to ``path``."""
+    """Where a step's time goes: torch.profiler's tables of the ops with the most device time
+    (CPU time on CPU) over the given steps, by op and by op and input shapes (which matmuls
+    cost most), appended to ``path``."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profiler(activities=activities) as prof:
+    with profiler(activities=activities, record_shapes=True) as prof:
         for batch in batches:
             step(batch)
         if device.type == "cuda":
@@ -219,6 +220,7 @@ def profile(step, batches: list[Batch], device: torch.device, path: Path) -> Non
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     with open(path, "a") as out:
         out.write(f"# {device} {command_line()}\n{prof.key_averages().table(sort_by=key, row_limit=30)}\n")
+        out.write(f"{prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40)}\n")
 
 
 def markdown(rows: list[Row]) -> str:
