@@ -56,7 +56,10 @@ def markdown(rows: list[Row]) -> str:
         ["Full ranking, leave-one-out, history kept; each plan trained to early stopping on validation NDCG@10.", TIME_LIMITED,
          "vs uniform LoRA: the searched plan's test NDCG@10 minus uniform LoRA's, paired over the test users, with its 95%",
          "bootstrap interval and paired t-test p (`darec compare`); `-` where not computed. Rows NAME@seedN: the plan trained",
-         "again under seed N; seeds pooled: the same comparison with each user's NDCG@10 averaged over every seed of each plan."],
+         "again under seed N; seeds pooled: the same comparison with each user's NDCG@10 averaged over every seed of each plan.",
+         "scientific, cpu: uniform-lora was trained again (same settings and seed) after the first run's folder was lost;",
+         "searched@half-epoch's comparison was made against that first run (valid 0.0557, test 0.0498 NDCG@10), whose rows",
+         "were dropped with the untagged searched plan's (valid 0.0526, test 0.0470), which is being searched again."],
         ["dataset", "budget", "plan", "trainable parameters", "valid NDCG@10", "test NDCG@10", "test HR@10", "epochs (best)",
          "search seconds", "vs uniform LoRA", "vs uniform LoRA, seeds pooled", "plan by layer"], cells)
 
