@@ -6,7 +6,9 @@ trial), then train three plans to convergence under the same settings: the searc
 uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
 Houlsby. Rows report validation and test NDCG@10 / HR@10, trainable parameters and the
 search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
-search's two pictures are copied beside them. Budgets as in darec_accuracy.py.
+search's two pictures are copied beside them. Budgets as in darec_accuracy.py. Uniform LoRA
+is darec_accuracy.py's ``darec`` variant: where that script has trained it at the same budget,
+seed and settings, its run is linked here rather than trained again.
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget gpu --trials 30 --search-steps 300
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -29,18 +32,51 @@ from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
 from darec.search.space import DEFAULT_CHOICES
-from darec.train import Trainer, build_config
+from darec.train import RunConfig, Trainer, build_config
 from darec.train.run import RunDir
 
 RESULTS = HERE / "results" / "dynamic_adaption.json"
 PLANS = ["searched", "uniform-lora", "uniform-houlsby"]
 
 
-def trainable(overrides: list[str], run_dir: Path) -> int:
-    """Trainable parameters of a finished run's model."""
-    trainer = Trainer(None, run_dir, resume=True, progress=False) if RunDir(run_dir).state.exists() else None
-    model = trainer.model if trainer else Trainer(build_config(overrides=overrides), run_dir, progress=False).model
-    return trainable_parameters(model)[0]
+def trainable(overrides: list[str], run_dir: Path | None = None) -> int:
+    """Trainable parameters of a run's model: the run's own where it has started, else a model
+    built from ``overrides`` in a scratch folder (so ``run_dir`` is not begun as a side effect)."""
+    if run_dir is not None and RunDir(run_dir).state.exists():
+        return trainable_parameters(Trainer(None, run_dir, resume=True, progress=False).model)[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(build_config(overrides=overrides), Path(scratch) / "run", progress=False)
+        trainer.release()
+        return trainable_parameters(trainer.model)[0]
+
+
+def same_training(ours: RunConfig, theirs: RunConfig) -> bool:
+    """Whether two configs train the same model the same way, reading an empty plan as the
+    ``lora:R`` in every layer it means and an ``auto`` precision as whatever the run resolved
+    (the evaluation's batch size changes no result)."""
+    a, b = ours.to_dict(), theirs.to_dict()
+    n = layer_count(ours.model.backbone, ours.model.keep_layers or None)
+    for d, config in ((a, ours), (b, theirs)):
+        d["model"]["plan"] = list(config.model.plan) or [config.model.default_entry()] * n
+        del d["model"]["lora_r"], d["train"]["eval_batch_size"]
+    if ours.train.precision == "auto":
+        del a["train"]["precision"], b["train"]["precision"]
+    return a == b
+
+
+def borrow(run_dir: Path, source: Path, overrides: list[str]) -> bool:
+    """Uniform LoRA is darec_accuracy.py's ``darec`` variant (its default plan is ``lora:8`` in
+    every layer): where that run exists with the same settings and seed, link this plan's run
+    to it instead of training the same model again (a ``cpu-full`` run is hours of a core)."""
+    if run_dir.exists() or run_dir.is_symlink() or not RunDir(source).state.exists():
+        return False
+    if not same_training(build_config(overrides=overrides), RunDir(source).read_config()):
+        print(f"{source} differs in its settings from uniform LoRA's: not borrowed", flush=True)
+        return False
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.symlink_to(source.resolve(), target_is_directory=True)
+    print(f"uniform LoRA: {run_dir} links to {source}, the same model trained by darec_accuracy.py", flush=True)
+    return True
 
 
 def markdown(rows: list[Row]) -> str:
@@ -80,6 +116,9 @@ def main() -> None:
                         "plan comes from the finished search, which is not run again")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
+    parser.add_argument("--accuracy-workdir", type=Path, default=HERE / "work" / "darec_accuracy",
+                        help="darec_accuracy.py's runs: its `darec` run of the same budget and seed, where there is one "
+                        "with uniform LoRA's settings, is uniform LoRA's run (linked, not trained again)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     from darec.models.llm.adapters import describe_plan
@@ -123,6 +162,9 @@ def main() -> None:
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*base_overrides, *seed, f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
+        if name == "uniform-lora":
+            borrow(run_dir, RunSpec(args.dataset, "darec", args.budget, run.tag, args.seed).run_dir(args.accuracy_workdir),
+                   overrides)
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
                "settings": " ".join([*base_overrides, *seed]), "machine": machine(), "versions": versions(), "command": command_line()}
         rows = train_rows(run_dir, overrides, row, results=args.results)

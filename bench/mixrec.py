@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -143,8 +142,7 @@ def main() -> None:
     else:
         model = build_config(overrides=["model=darec", *base]).model
         uniform_lora = [f"plan={['lora:8'] * layer_count(model.backbone, model.keep_layers or None)}"]
-        with tempfile.TemporaryDirectory() as scratch:
-            cap = trainable(["model=darec", *base, *uniform_lora], Path(scratch) / "run")
+        cap = trainable(["model=darec", *base, *uniform_lora])
         summary = timed_search(search_dir, summary_file, lambda: Search(
             build_config(overrides=["model=mixrec", *base]), SearchConfig(
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, experts=EXPERTS, top_k=[1, 2],
