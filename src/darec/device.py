@@ -128,7 +128,7 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
     backbone of at least 10M parameters on a CPU or CUDA device where compiling works (probed
     once); ``on``: always; ``off``: never. Returns whether it compiled. (DARec at 30 SmolLM2
     layers on a CPU, over the same path eager: training 2.4x with darec's attention, scoring
-1.9x; bench/results/llm_throughput.md.)"""
+    1.9x; bench/results/llm_throughput.md.)"""
     regions = list(getattr(model, "compile_regions", list)())
     if setting == "off" or not regions:
         return False
