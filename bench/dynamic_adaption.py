@@ -64,19 +64,18 @@ def same_training(ours: RunConfig, theirs: RunConfig) -> bool:
     return a == b
 
 
-def borrow(run_dir: Path, source: Path, overrides: list[str]) -> bool:
+def borrow(run_dir: Path, source: Path, overrides: list[str]) -> None:
     """Uniform LoRA is darec_accuracy.py's ``darec`` variant (its default plan is ``lora:8`` in
     every layer): where that run exists with the same settings and seed, link this plan's run
     to it instead of training the same model again (a ``cpu-full`` run is hours of a core)."""
     if run_dir.exists() or run_dir.is_symlink() or not RunDir(source).state.exists():
-        return False
+        return
     if not same_training(build_config(overrides=overrides), RunDir(source).read_config()):
         print(f"{source} differs in its settings from uniform LoRA's: not borrowed", flush=True)
-        return False
+        return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     run_dir.symlink_to(source.resolve(), target_is_directory=True)
     print(f"uniform LoRA: {run_dir} links to {source}, the same model trained by darec_accuracy.py", flush=True)
-    return True
 
 
 def markdown(rows: list[Row]) -> str:

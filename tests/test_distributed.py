@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from darec.distributed import Group
@@ -37,28 +38,12 @@ def run(processes: int, *args: str, timeout: float = 300) -> subprocess.Complete
     return done
 
 
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
-
-
-def _state(pid: int) -> str:
+def alive(process: psutil.Process) -> bool:
+    """Still running: neither gone nor a zombie waiting to be reaped."""
     try:
-        return _stat(pid)[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return "gone"
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat(int(entry.name))[1]) == pid:
-                    found.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    return found
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def valid_ndcg(out: Path) -> list[float]:
@@ -100,12 +85,12 @@ def test_two_processes_resume_after_a_kill_under_two_or_one(tmp_path: Path) -> N
         time.sleep(0.05)
     # torchrun starts each process in a session of its own: killing torchrun alone would leave
     # them training the run on, beside its resumption (this test failed so, now and then).
-    workers = children(started.pid)
+    workers = psutil.Process(started.pid).children()
     assert len(workers) == 2, workers
-    for pid in (started.pid, *workers):
+    for pid in (started.pid, *(w.pid for w in workers)):
         os.killpg(pid, signal.SIGKILL)
     started.wait()
-    while any(_state(pid) not in ("Z", "gone") for pid in workers):
+    while any(alive(w) for w in workers):
         time.sleep(0.05)
     done = json.loads(RunDir(out).state.read_text())["epoch"]
     assert 1 <= done < 4, "the kill came too late to test a resume"
