@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from darec.io import atomic_write_json, atomic_write_text
+from darec.io import atomic_write_json, atomic_write_text, read_json
 from darec.config import parse_override
 from darec.search import Search
 from darec.search.study import STUDY
@@ -33,6 +33,10 @@ from darec.train.evaluate import result_rows
 from darec.train.trainer import RESUME_KEYS, seconds_per_epoch
 
 HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"  # the benchmarks' run folders: large, and gone on a new machine
+# What each finished run under WORK needs for its rows and paired comparisons, without weights
+# (RunDir.copy_results), kept at the same relative path: it outlives the machine.
+KEPT = HERE / "results" / "kept"
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@5", "hit@5")
 Row = dict[str, Any]
 
@@ -118,6 +122,34 @@ class RunSpec:
         return cls(row["dataset"], row["variant"], row["budget"], row.get("tag", ""), row.get("seed", 0))
 
 
+def kept(run_dir: Path) -> Path | None:
+    """Where the run at ``run_dir`` keeps its results under :data:`KEPT` (None outside :data:`WORK`)."""
+    try:
+        return KEPT / run_dir.resolve().relative_to(WORK.resolve())
+    except ValueError:
+        return None
+
+
+def keep(run_dir: Path) -> None:
+    """Copy a finished run's results (and any per-user metrics a comparison added) to :func:`kept`."""
+    copy = kept(run_dir)
+    if copy is not None and RunDir(run_dir).finished():
+        RunDir(run_dir).copy_results(copy)
+
+
+def finished_run(run_dir: Path) -> Path:
+    """The folder to read a run's results from: its own where it has them, else its kept copy where
+    there is one (a run trained on an earlier machine), else its own (which then has none)."""
+    copy = kept(run_dir)
+    if RunDir(run_dir).results.exists() or copy is None or not RunDir(copy).results.exists():
+        return run_dir
+    return copy
+
+
+def has_finished(run_dir: Path) -> bool:
+    return RunDir(finished_run(run_dir)).results.exists()
+
+
 def upgrade_run_row(row: Row) -> Row:
     """A row written before RunSpec (``variant`` "BUDGET:VARIANT@TAG@seedN") in today's fields."""
     if "tag" in row or ":" not in row["variant"]:
@@ -172,12 +204,14 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
     ``group`` (e.g. ``tail-items``) only over that group's users. Either side may be several
     runs (seeds): each user's NDCG@10 is then averaged over them. Left out, saying so, while
     a reference has not finished."""
-    references = [reference] if isinstance(reference, Path) else reference
+    references = [finished_run(r) for r in ([reference] if isinstance(reference, Path) else reference)]
+    runs = [finished_run(r) for r in ([run_dir] if isinstance(run_dir, Path) else run_dir)]
     if unfinished := [r.name for r in references if not RunDir(r).results.exists()]:
-        print(f"{Path(run_dir).name if isinstance(run_dir, Path) else run_dir[0].name}: not compared with "
-              f"{', '.join(unfinished)}, which has not finished", flush=True)
+        print(f"{runs[0].name}: not compared with {', '.join(unfinished)}, which has not finished", flush=True)
         return rows
-    result = compare_runs(reference, run_dir, group=group, split=split)
+    result = compare_runs(references, runs, group=group, split=split)
+    for run in [*references, *runs]:  # with the per-user metrics this comparison may have computed
+        keep(run)
     for row in rows:
         if row["split"] == split and row["protocol"] == "full" and not row["exclude_history"]:
             row.update({f"vs_{name}": result["difference"], f"vs_{name}_ci_low": result["ci_low"],
@@ -189,7 +223,7 @@ def finished_seeds(rows: list[Row], specs: list[RunSpec], where: Callable[[RunSp
     """The seeds N (besides the first) under which every one of ``specs`` was trained again
     and finished: those the results ``rows`` hold, whose run (at ``where``) has its results."""
     found = [{r["seed"] for r in rows if r.get("seed") and RunSpec.of(r) == replace(spec, seed=r["seed"])
-              and RunDir(where(RunSpec.of(r))).results.exists()} for spec in specs]
+              and has_finished(where(RunSpec.of(r)))} for spec in specs]
     return sorted(set.intersection(*found)) if found else []
 
 
@@ -225,19 +259,28 @@ def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iter
 
 
 def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False,
-               results: Path | None = None) -> list[Row]:
+               results: Path | None = None, weights: bool = False) -> list[Row]:
     """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its
-    result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch.
+    result rows, each ``base`` plus split, protocol, metrics, epochs and seconds per epoch;
+    the finished run's results are then kept (:func:`keep`).
 
+    A run whose folder is gone but whose results are kept (trained on an earlier machine) is
+    not trained again: its kept rows are returned. Unless its ``weights`` are needed (a
+    SASRec that a pre-trained variant starts from): then it is trained again and must
+    reproduce its kept per-user test metrics, since rows of other runs were compared with them.
     With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
-    fields), a run whose folder is gone but whose rows are in that file is not trained
-    again: a new run would replace rows that other rows' paired comparisons were made against."""
-    if results is not None and not RunDir(run_dir).state.exists() and results.exists():
+    fields), a run whose folder is gone with nothing kept but whose rows are in that file is
+    refused: a new run would replace rows that other rows' paired comparisons were made against."""
+    copy = kept(run_dir)
+    earlier = copy if not RunDir(run_dir).state.exists() and copy is not None and RunDir(copy).finished() else None
+    if earlier is not None and not weights:
+        return _rows(earlier, read_json(RunDir(earlier).results), base, trained=RunDir(earlier).metrics.exists())
+    if earlier is None and results is not None and not RunDir(run_dir).state.exists() and results.exists():
         spec = RunSpec.of(base)
         if any(spec.holds(upgrade_run_row(r)) for r in json.loads(results.read_text())):
             raise SystemExit(f"{results} holds rows of {spec.name} ({spec.dataset}, {spec.budget}), but its run folder "
-                             f"{run_dir} is gone: training it again would replace them. Write elsewhere (--results), "
-                             "or delete those rows first.")
+                             f"{run_dir} is gone, with no results kept in {KEPT}: training it again would replace them. "
+                             "Write elsewhere (--results), or delete those rows first.")
     if RunDir(run_dir).state.exists():
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
@@ -247,15 +290,28 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     # fit() ends by evaluating the best weights (at once for a finished run); evaluate_only
     # reports an unfinished run as it stands.
     rows = result_rows(trainer.config, trainer.dataset, load_run(run_dir).model, run_dir=run_dir) if evaluate_only else trainer.fit()
+    if earlier is not None:
+        again, before = (RunDir(r).read_per_user("test")["ndcg@10"] for r in (run_dir, earlier))
+        if not np.array_equal(again, before):
+            raise SystemExit(f"{run_dir} was trained again for its weights but does not reproduce its kept results in "
+                             f"{earlier} (test NDCG@10 {again.mean():.4f}, kept {before.mean():.4f}; a different thread "
+                             "count changes the order of sums): the kept results stay; the new run is left for inspection.")
+    keep(run_dir)
+    return _rows(run_dir, rows, base, trained=trainer.optimizer is not None)
+
+
+def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]:
+    """A finished (or evaluated) run's rows as a benchmark writes them: ``base`` plus the run's state."""
     state = RunDir(run_dir).read_state()
+    epochs = RunDir(run_dir).read_config(state).train.epochs
     out = []
     for r in rows:
         row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],
                "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "stopped_early": state["finished"] and state["epoch"] < trainer.config.train.epochs and "stopped" not in state,
+               "stopped_early": state["finished"] and state["epoch"] < epochs and "stopped" not in state,
                "time_limited": state.get("stopped") == "time limit",
                **{m: r[m] for m in METRICS}}
-        if trainer.optimizer is not None:
+        if trained:
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
         out.append(row)
     return out

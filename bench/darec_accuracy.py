@@ -45,10 +45,10 @@ from functools import partial
 from pathlib import Path
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, for_model, machine,
-                    markdown_table, save_rows, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, for_model,
+                    has_finished, machine, markdown_table, save_rows, train_rows, upgrade_run_row, versions, versus,
+                    versus_cell, with_seeds)
 from darec.train import build_config
-from darec.train.run import RunDir
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
 DAREC_VARIANTS = {
@@ -151,7 +151,7 @@ def pool_seeds(args: argparse.Namespace) -> None:
     for variant in VARIANTS:
         first = spec(args, variant, seed=0)
         mine = [r for r in written if first.holds(r)]
-        if variant.startswith("sasrec") or not mine or not RunDir(where(first)).results.exists():
+        if variant.startswith("sasrec") or not mine or not has_finished(where(first)):
             continue
         pairs = [("sasrec-same-data", "sasrec", "test"), *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
         for reference, name, split in pairs:
@@ -193,6 +193,7 @@ def main() -> None:
     first = None if args.compare_only else next((i for i, v in enumerate(variants) if v in PRETRAINED), None)
     if first is not None and "sasrec-same-data" not in variants[:first]:
         variants.insert(first, "sasrec-same-data")  # they start from that run (resumed if done)
+    weights = {"sasrec-same-data"} if first is not None else set()  # trained again where only its results are kept
     written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())] if args.compare_only else []
     for variant in variants:
         run = spec(args, variant)
@@ -206,12 +207,12 @@ def main() -> None:
         run_dir = run.run_dir(args.workdir)
         if args.compare_only:
             rows = [r for r in written if run.holds(r)]
-            if not rows or not RunDir(run_dir).results.exists():
+            if not rows or not has_finished(run_dir):
                 continue
         else:
-            rows = train_rows(run_dir, overrides, base, args.evaluate_only, args.results)
+            rows = train_rows(run_dir, overrides, base, args.evaluate_only, args.results, weights=variant in weights)
         if model != "sasrec":
-            if not reference.exists():
+            if not reference.exists() and not has_finished(reference):
                 reference = replace(spec(args, "sasrec-same-data"), tag="", seed=0).run_dir(args.workdir)
             rows = versus(rows, run_dir, reference, "sasrec")
         for full in ABLATION_OF.get(variant, []):

@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, main_rows, markdown_table,
-                    save_rows, search_arguments, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell,
-                    with_seeds)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
+                    main_rows, markdown_table, save_rows, search_arguments, timed_search, train_rows, upgrade_run_row,
+                    versions, versus, versus_cell, with_seeds)
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
@@ -176,7 +176,7 @@ def main() -> None:
         save_rows(args.results, rows, markdown, upgrade_run_row)
         print(f"{args.dataset} {run.name}: done", flush=True)
     # Once both are trained (perhaps by two processes): the searched plan against uniform LoRA, user by user.
-    if "searched" in specs and RunDir(where(specs["searched"])).results.exists() and args.results.exists():
+    if "searched" in specs and has_finished(where(specs["searched"])) and args.results.exists():
         rows = [r for r in map(upgrade_run_row, json.loads(args.results.read_text())) if specs["searched"].holds(r)]
         rows = versus(rows, where(specs["searched"]), where(specs["uniform-lora"]), "uniform_lora")
         save_rows(args.results, rows, markdown, upgrade_run_row)
@@ -199,7 +199,7 @@ def pool_seeds(args: argparse.Namespace, where) -> None:
     lora = RunSpec(args.dataset, "uniform-lora", args.budget, tag_of("uniform-lora", args))
     written = [upgrade_run_row(r) for r in json.loads(args.results.read_text())]
     seeds = finished_seeds(written, [searched, lora], where)
-    if not seeds or not RunDir(where(searched)).results.exists():
+    if not seeds or not has_finished(where(searched)):
         return
     rows = [r for r in written if searched.holds(r)]
     rows = versus(rows, with_seeds(searched, seeds, where), with_seeds(lora, seeds, where), "uniform_lora_seeds")

@@ -40,9 +40,9 @@ from pathlib import Path
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, machine, markdown_table, save_rows,
-                    main_rows, search_arguments, timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell,
-                    with_seeds)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
+                    markdown_table, save_rows, main_rows, search_arguments, timed_search, train_rows, upgrade_run_row,
+                    versions, versus, versus_cell, with_seeds)
 from dynamic_adaption import trainable
 from darec.models.llm.adapters import describe_plan
 from darec.models.llm.backbone import layer_count
@@ -107,8 +107,8 @@ def pool_seeds(args: argparse.Namespace, run: RunSpec) -> None:
     if not rows or not mine:
         return
     for name in COMPARED:
-        seeds = [s for s in mine if RunDir(reference(args, name, s)).results.exists()]
-        if not seeds or not RunDir(reference(args, name, 0)).results.exists():
+        seeds = [s for s in mine if has_finished(reference(args, name, s))]
+        if not seeds or not has_finished(reference(args, name, 0)):
             continue
         rows = versus(rows, with_seeds(first, seeds, where), [reference(args, name, s) for s in [0, *seeds]], f"{name}_seeds")
         for row in rows:

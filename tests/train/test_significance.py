@@ -8,6 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from darec.cli import app
+from darec.errors import InputError
+from darec.io import DamagedFile
 from darec.train import Trainer, build_config
 from darec.train.groups import user_groups
 from darec.train.run import load_run_dataset, read_config
@@ -90,3 +92,22 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     for b in (str(tmp_path / "other"), f"{tmp_path / 'b'},{tmp_path / 'other'}"):  # one run of several is enough
         out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), b])
         assert out.exit_code == 2 and "different data" in out.output, out.output
+
+
+def test_a_copy_of_a_runs_results_compares_as_the_run_does(tmp_path: Path) -> None:
+    base = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "inner_size=32", "epochs=1", "patience=0"]
+    for name, hidden in (("a", 16), ("b", 24)):
+        Trainer(build_config(overrides=[*base, f"hidden_size={hidden}"]), tmp_path / name, progress=False).fit()
+    compare_runs(tmp_path / "a", tmp_path / "b", samples=200, split="valid")  # caches both runs' validation metrics
+    a, b = (RunDir(tmp_path / n).copy_results(tmp_path / "kept" / n).path for n in ("a", "b"))
+    assert not (a / "model.safetensors").exists() and not any(a.glob("checkpoint-*"))
+    for split in ("test", "valid"):
+        own = compare_runs(tmp_path / "a", tmp_path / "b", samples=200, split=split)
+        assert compare_runs(a, b, samples=200, split=split) == own
+    RunDir(a).per_user("valid").unlink()  # not kept: computing it needs the weights, which the copy lacks
+    with pytest.raises(DamagedFile, match="model.safetensors"):
+        compare_runs(a, b, split="valid")
+    begun = Trainer(build_config(overrides=base), tmp_path / "begun", progress=False)  # set up, never trained
+    begun.release()
+    with pytest.raises(InputError, match="has not finished"):
+        RunDir(tmp_path / "begun").copy_results(tmp_path / "kept" / "begun")

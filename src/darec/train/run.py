@@ -14,6 +14,11 @@
                                  per_user_valid.safetensors once a comparison on validation asked for it
       .lock                the pid of the process training it (held while it trains)
 
+A finished run's results without its weights (:meth:`RunDir.copy_results`: config, id map,
+state, metrics, results, per-user metrics; a few hundred KB) form a folder that ``darec
+compare`` reads like the run's own, for keeping the evidence of a comparison where the run
+folder itself is not kept.
+
 Every file is written atomically; ``trainer_state.json`` is written last and is the
 commit point of a checkpoint. It records the SHA-256 of the config, the id map, the best
 weights and every file of the checkpoint, and is sealed by a checksum of its own, so a
@@ -41,7 +46,7 @@ from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
 from darec.device import apply_precision, resolve_device
 from darec.errors import InputError, RunInUse
-from darec.io import DamagedFile, atomic_write_json, read_json, sha256
+from darec.io import DamagedFile, atomic_write_json, copy_atomic, read_json, sha256
 from darec.models import SequentialRecommender, build_model
 from darec.models.base import Companions
 from darec.train.checkpoint import load_model_state, load_tensors, save_tensors
@@ -99,6 +104,19 @@ class RunDir:
 
     def read_per_user(self, split: str) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in load_tensors(self.per_user(split)).items()}
+
+    def copy_results(self, dest: str | Path) -> RunDir:
+        """Copy what a finished run's results and paired comparisons read (everything but
+        weights and checkpoints) to ``dest``, the state last, as the copy's commit point."""
+        if not self.finished():
+            raise InputError(f"{self.path}: the run has not finished, so it has no final results to copy")
+        copy = RunDir(dest)
+        copy.path.mkdir(parents=True, exist_ok=True)
+        for source in [self.config, self.id_map, self.metrics, self.results, *sorted(self.path.glob(PER_USER.format(split="*")))]:
+            if source.exists():
+                copy_atomic(source, copy.path / source.name)
+        copy_atomic(self.state, copy.state)
+        return copy
 
     def checkpoint(self, epoch: int) -> Path:
         return self.path / f"checkpoint-{epoch}"
