@@ -27,6 +27,10 @@ user by user. ``--seed N`` trains the variants again under seed N (SASRec too, f
 seeds; ``--compare-only`` redoes the comparisons on rows already written. With ``--tag T`` the seeds' runs are
 ``VARIANT@T@seedN`` and pool on the ``VARIANT@T`` rows.
 
+A finished run's results are kept in bench/results/kept/ (see common.keep) and read from
+there on a machine without its folder. A run from before results were kept, whose folder is
+gone, is refused rather than silently replaced; ``--retrain`` trains it again, replacing its rows.
+
     taskset -c 0 python bench/darec_accuracy.py --dataset ml-100k --threads 1
     taskset -c 1 python bench/darec_accuracy.py --dataset scientific --variants sasrec darec --threads 1
 
@@ -183,6 +187,8 @@ def main() -> None:
                         "with that seed, runs in VARIANT[@TAG]@seedN); the first rows then also carry their comparisons "
                         "pooled over the seeds")
     parser.add_argument("--evaluate-only", action="store_true", help="report existing runs as they stand")
+    parser.add_argument("--retrain", action="store_true", help="train the variants again where their run folders are gone "
+                        "with nothing kept (runs of an earlier machine): their rows in the results file are replaced")
     parser.add_argument("--compare-only", action="store_true", help="only add the paired comparisons to the rows already in "
                         "the results file (no training, no evaluation beyond the per-user metrics they need)")
     args = parser.parse_args()
@@ -210,7 +216,8 @@ def main() -> None:
             if not rows or not has_finished(run_dir):
                 continue
         else:
-            rows = train_rows(run_dir, overrides, base, args.evaluate_only, args.results, weights=variant in weights)
+            rows = train_rows(run_dir, overrides, base, args.evaluate_only, None if args.retrain else args.results,
+                              weights=variant in weights)
         if model != "sasrec":
             if not reference.exists() and not has_finished(reference):
                 reference = replace(spec(args, "sasrec-same-data"), tag="", seed=0).run_dir(args.workdir)

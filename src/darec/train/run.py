@@ -273,8 +273,8 @@ def load_companions(model: SequentialRecommender, dataset: SequenceDataset) -> C
     e.g. a pre-trained SASRec), loaded on CPU and checked to hold the model each field expects,
     trained on ``dataset``; errors name the config field that pointed to the run."""
     companions = {}
-    for field, (run_dir, expected) in model.companion_runs().items():
-        where = f"model.{field}"
+    for name, (run_dir, expected) in model.companion_runs().items():
+        where = f"model.{name}"
         try:
             loaded = load_run(Path(run_dir), device="cpu")
         except (ConfigError, FileNotFoundError, DamagedFile) as exc:
@@ -282,7 +282,7 @@ def load_companions(model: SequentialRecommender, dataset: SequenceDataset) -> C
         if loaded.config.model.name != expected:
             raise ConfigError(f"{where}: {run_dir} holds a {loaded.config.model.name} run, not {expected}")
         check_same_data(Path(run_dir), dataset)
-        companions[field] = loaded.model
+        companions[name] = loaded.model
     return companions
 
 
