@@ -30,7 +30,7 @@ from darec.train.config import TrainConfig, config_keys
 from darec.train.run import RunDir, load_run
 from darec.train.significance import compare_runs
 from darec.train.evaluate import result_rows
-from darec.train.trainer import RESUME_KEYS, seconds_per_epoch
+from darec.train.trainer import RESUME_KEYS, seconds_per_epoch, trained_threads
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"  # the benchmarks' run folders: large, and gone on a new machine
@@ -266,22 +266,27 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
 
     A run whose folder is gone but whose results are kept (trained on an earlier machine) is
     not trained again: its kept rows are returned. Unless its ``weights`` are needed (a
-    SASRec that a pre-trained variant starts from): then it is trained again and must
-    reproduce its kept per-user test metrics, since rows of other runs were compared with them.
+    SASRec that a pre-trained variant starts from): then it is trained again, with the thread
+    count its epochs record where they do, and must reproduce its kept per-user test metrics,
+    since rows of other runs were compared with them.
     With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
     fields), a run whose folder is gone with nothing kept but whose rows are in that file is
     refused: a new run would replace rows that other rows' paired comparisons were made against."""
     copy = kept(run_dir)
-    earlier = copy if not RunDir(run_dir).state.exists() and copy is not None and RunDir(copy).finished() else None
+    begun = RunDir(run_dir).state.exists()
+    earlier = copy if not begun and copy is not None and RunDir(copy).finished() else None
     if earlier is not None and not weights:
         return _rows(earlier, read_json(RunDir(earlier).results), base, trained=RunDir(earlier).metrics.exists())
-    if earlier is None and results is not None and not RunDir(run_dir).state.exists() and results.exists():
+    if earlier is None and results is not None and not begun and results.exists():
         spec = RunSpec.of(base)
         if any(spec.holds(upgrade_run_row(r)) for r in json.loads(results.read_text())):
             raise SystemExit(f"{results} holds rows of {spec.name} ({spec.dataset}, {spec.budget}), but its run folder "
                              f"{run_dir} is gone, with no results kept in {KEPT}: training it again would replace them. "
                              "Write elsewhere (--results), or delete those rows first.")
-    if RunDir(run_dir).state.exists():
+    if earlier is not None and len(threads := trained_threads(earlier)) == 1:
+        # Trained again with its own thread count: another one changes the order of sums.
+        overrides = [o for o in overrides if override_name(o) != "threads"] + [f"threads={threads[0]}"]
+    if begun:
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
         trainer = Trainer(None, run_dir, resume=True, progress=False, overrides=budget)
@@ -304,6 +309,10 @@ def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]
     """A finished (or evaluated) run's rows as a benchmark writes them: ``base`` plus the run's state."""
     state = RunDir(run_dir).read_state()
     epochs = RunDir(run_dir).read_config(state).train.epochs
+    if "settings" in base and (threads := trained_threads(run_dir)):
+        # The threads the run was trained with, not the invoking command's (a kept or resumed run).
+        ran = "threads=" + ",".join(map(str, threads))
+        base = {**base, "settings": " ".join(ran if override_name(o) == "threads" else o for o in base["settings"].split())}
     out = []
     for r in rows:
         row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],

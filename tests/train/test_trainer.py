@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from darec.config import ConfigError
 from darec.train import Trainer, build_config
-from darec.train.trainer import lr_factor
+from darec.train.trainer import lr_factor, trained_threads
 from darec.train.run import load_run
 
 FAST = ["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "batch_size=16", "patience=0"]
@@ -76,6 +76,18 @@ def test_run_directory_contents_and_reload(tmp_path: Path) -> None:
     assert loaded.id_map["items"][0] == "[PAD]" and loaded.model.n_items == len(loaded.id_map["items"]) - 1
     with pytest.raises(FileExistsError):
         Trainer(build_config(overrides=FAST), tmp_path / "r", progress=False)
+
+
+def test_each_epoch_records_the_threads_it_was_trained_with(tmp_path: Path) -> None:
+    # A resume may change train.threads; the run's config then says only the last count.
+    before = torch.get_num_threads()
+    try:
+        Trainer(build_config(overrides=[*FAST, "epochs=1", "threads=1"]), tmp_path / "r", progress=False).fit()
+        Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=3", "threads=2"]).fit()
+    finally:
+        torch.set_num_threads(before)
+    assert [h["threads"] for h in _history(tmp_path / "r")] == [1, 2, 2]
+    assert trained_threads(tmp_path / "r") == [1, 2]
 
 
 def test_early_stopping_keeps_best_weights(tmp_path: Path) -> None:

@@ -434,7 +434,10 @@ class Trainer:
                 start = time.perf_counter()
                 loss = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
-                                       "lr": self.optimizer.param_groups[0]["lr"]}  # at the epoch's end
+                                       "lr": self.optimizer.param_groups[0]["lr"],  # at the epoch's end
+                                       # As run: a resume may change train.threads, and the thread count
+                                       # changes the order of sums, so results reproduce only with it.
+                                       "threads": torch.get_num_threads()}
                 add_up(self.group, self.model.epoch_tallies())  # each process counted its own share of the batches
                 summary = self.model.epoch_summary()
                 if summary:
@@ -498,6 +501,16 @@ class Trainer:
         return rows
 
 
+def _history(run_dir: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line]
+
+
 def seconds_per_epoch(run_dir: str | Path) -> float:
-    history = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line]
+    history = _history(run_dir)
     return float(np.mean([h["train_seconds"] for h in history])) if history else float("nan")
+
+
+def trained_threads(run_dir: str | Path) -> list[int]:
+    """The CPU thread counts a run's epochs were trained with, in order of first use (empty for
+    runs from before epochs recorded them)."""
+    return list(dict.fromkeys(h["threads"] for h in _history(run_dir) if "threads" in h))
