@@ -192,7 +192,7 @@ def for_model(overrides: Iterable[str], model: str) -> list[str]:
 
 
 def epochs_cell(row: Row) -> str:
-    """``epochs (best epoch)``, with a dagger where the run's wall-clock limit stopped it."""
+    """``epochs (best epoch)``, with a dagger where the run was cut short (its wall-clock limit or a stop request)."""
     return f"{row['epochs']} ({row['best_epoch']}){' †' if row.get('time_limited') else ''}"
 
 
@@ -248,7 +248,8 @@ def versus_cell(row: Row, name: str) -> str:
             f"p={row[f'vs_{name}_p']:.2g}")
 
 
-TIME_LIMITED = "† stopped by its wall-clock limit (max_minutes) before early stopping: not converged."
+TIME_LIMITED = ("† stopped by its wall-clock limit (max_minutes) or a stop request (darec stop) before early "
+                "stopping: not converged.")
 
 
 def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iterable[list[str]]) -> str:
@@ -318,7 +319,8 @@ def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]
         row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],
                "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "stopped_early": state["finished"] and state["epoch"] < epochs and "stopped" not in state,
-               "time_limited": state.get("stopped") == "time limit",
+               # Cut short by its wall-clock limit or a stop request (darec stop): not converged.
+               "time_limited": state.get("stopped") in ("time limit", "stop requested"),
                **{m: r[m] for m in METRICS}}
         if trained:
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)

@@ -49,6 +49,21 @@ def test_resume_from_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "own settings" in result.output
 
 
+def test_stop_asks_a_run_in_progress_to_stop_and_refuses_others(tmp_path: Path) -> None:
+    from darec.train import Trainer, build_config
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["stop", str(run)])
+    assert result.exit_code == 2 and "not a run directory that has begun" in " ".join(result.output.split()), result.output
+    trainer = Trainer(build_config(overrides=["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "epochs=3"]), run,
+                      progress=False)
+    trainer.fit(on_epoch_end=lambda epoch: runner.invoke(app, ["stop", str(run)]) if epoch == 1 else None)
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["stopped"] == "stop requested" and state["epoch"] == 2 and (run / "results.json").exists()
+    result = runner.invoke(app, ["stop", str(run)])
+    assert result.exit_code == 2 and "already finished" in " ".join(result.output.split()), result.output
+
+
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--dataset", "synthetic-tiny", "--set", "learning_rate=1", "--run-dir", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown key" in result.output

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from darec.config import ConfigError
+from darec.errors import InputError
 from darec.train import Trainer, build_config
+from darec.train.run import RunDir, load_run
 from darec.train.trainer import lr_factor, trained_threads
-from darec.train.run import load_run
 
 FAST = ["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "batch_size=16", "patience=0"]
 
@@ -76,6 +77,24 @@ def test_run_directory_contents_and_reload(tmp_path: Path) -> None:
     assert loaded.id_map["items"][0] == "[PAD]" and loaded.model.n_items == len(loaded.id_map["items"]) - 1
     with pytest.raises(FileExistsError):
         Trainer(build_config(overrides=FAST), tmp_path / "r", progress=False)
+
+
+def test_a_stop_request_ends_the_run_at_its_next_step_validated_and_evaluated(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    with pytest.raises(InputError, match="not a run directory that has begun"):
+        run.request_stop()
+    trainer = Trainer(build_config(overrides=[*FAST, "epochs=5", "eval_every=3"]), run.path, progress=False)
+    steps = []
+    loss = trainer.model.loss
+    trainer.model.loss = lambda batch: (steps.append(trainer.state["epoch"] + 1), loss(batch))[1]
+    rows = trainer.fit(on_epoch_end=lambda epoch: run.request_stop() if epoch == 1 else None)
+    state = run.read_state()
+    assert state["finished"] and state["stopped"] == "stop requested" and state["epoch"] == 2
+    assert steps.count(2) == 1 < steps.count(1)  # the second epoch ended at its first step (the check is after it)
+    assert ["valid" in h for h in _history(run.path)] == [False, True]  # validated though eval_every is 3
+    assert {r["split"] for r in rows} == {"valid", "test"} and not run.stop_request.exists()
+    with pytest.raises(InputError, match="already finished"):
+        run.request_stop()
 
 
 def test_each_epoch_records_the_threads_it_was_trained_with(tmp_path: Path) -> None:

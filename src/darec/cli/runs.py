@@ -1,4 +1,4 @@
-"""Commands on trained runs: evaluate, compare, embed, recommend."""
+"""Commands on trained runs: evaluate, compare, stop, embed, recommend."""
 
 from __future__ import annotations
 
@@ -76,6 +76,20 @@ def compare(
                   f"[{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]", f"{result['p_value']:.3g}")
     console.print(table)
     console.print(f"A: {run_a}\nB: {run_b}")
+
+
+@app.command()
+def stop(run_dir: Annotated[Path, typer.Argument(help="The run directory of a training in progress.")]) -> None:
+    """Stop a training gracefully: it ends at its next step, the epoch it is in is validated and
+    checkpointed, and the best weights are evaluated on valid and test as at a normal end (the run
+    is marked stopped, not converged). A run not training now stops at its next resume's first step."""
+    from darec.train.run import RunDir
+
+    try:
+        RunDir(run_dir).request_stop()
+    except USER_ERRORS as exc:
+        fail(exc)
+    console.print(f"{run_dir}: asked to stop; its trainer stops at its next step, then validates and evaluates")
 
 
 @app.command()

@@ -13,6 +13,7 @@
       per_user_test.safetensors  each test user's metrics, for paired comparisons (darec compare);
                                  per_user_valid.safetensors once a comparison on validation asked for it
       .lock                the pid of the process training it (held while it trains)
+      STOP                 a stop request (darec stop), until the trainer has stopped
 
 A finished run's results without its weights (:meth:`RunDir.copy_results`: config, id map,
 state, metrics, results, per-user metrics; a few hundred KB) form a folder that ``darec
@@ -35,6 +36,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -56,6 +58,7 @@ CONFIG, ID_MAP, BEST, STATE, METRICS, RESULTS = (
     "config.yaml", "id_map.json", "model.safetensors", "trainer_state.json", "metrics.jsonl", "results.json",
 )
 LOCK = ".lock"
+STOP = "STOP"  # a stop request (``darec stop``): the trainer ends at its next step, validated and evaluated
 PER_USER = "per_user_{split}.safetensors"  # each user's metrics on a split, full ranking as trained
 FIGURE = "{name}.png"  # a model's picture of its last epoch (e.g. expert_usage.png)
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -91,6 +94,19 @@ class RunDir:
         handle.write(str(os.getpid()))
         handle.flush()
         return handle
+
+    @property
+    def stop_request(self) -> Path:
+        return self.path / STOP
+
+    def request_stop(self) -> None:
+        """Ask the run's trainer to stop at its next step: the epoch it is in ends there, is
+        validated and checkpointed, and the best weights are evaluated as at a normal end."""
+        if not self.state.exists():
+            raise InputError(f"{self.path}: not a run directory that has begun (no {STATE})")
+        if self.finished():
+            raise InputError(f"{self.path}: the run has already finished")
+        atomic_write_json(self.stop_request, {"requested": time.time()})
 
     def figure(self, name: str) -> Path:
         return self.path / FIGURE.format(name=name)

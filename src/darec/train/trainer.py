@@ -338,7 +338,7 @@ class Trainer:
         total, batches = 0.0, 0
         compute = self.ddp if self.ddp is not None else self.model.loss
         for step, index in enumerate(bucketed_batches(self.window_lengths, t.batch_size, self.generator)):
-            if (t.steps_per_epoch and step == t.steps_per_epoch) or (step and self._out_of_time()):
+            if (t.steps_per_epoch and step == t.steps_per_epoch) or (step and self._stopping()):
                 break
             if self.group.world > 1:  # each process trains on its share of the batch
                 if len(index) < self.group.world:
@@ -369,11 +369,14 @@ class Trainer:
                               f"{self.config.train.lr:g}: try a lower one). {self.run_dir / last if last else 'No checkpoint'}"
                               f"{' is the last good state' if last else ' was written'}.")
 
-    def _out_of_time(self) -> bool:
-        """Past ``max_minutes`` (decided together: clocks differ between processes)."""
-        if self.deadline is None:
-            return False
-        return mean(self.group, float(time.monotonic() > self.deadline), self.device) > 0
+    def _stopping(self) -> str | None:
+        """Why the run stops here, if it does: past ``max_minutes`` ("time limit") or asked to
+        (``darec stop``: "stop requested"). Decided together: clocks differ between processes."""
+        late = self.deadline is not None and time.monotonic() > self.deadline
+        asked = self.run.stop_request.exists()
+        if self.group.world > 1:
+            late, asked = (mean(self.group, float(flag), self.device) > 0 for flag in (late, asked))
+        return "time limit" if late else "stop requested" if asked else None
 
     def _validation_users(self) -> tuple[list[np.ndarray], np.ndarray]:
         """The validation histories and targets used while training: every user's, or a
@@ -445,7 +448,8 @@ class Trainer:
                     for name, figure in self.model.figures(summary).items() if self.main else ():
                         save_figure(figure, self.run.figure(name))
                 improved = False
-                if epoch % t.eval_every == 0 or epoch == t.epochs or self._out_of_time():
+                stopping = self._stopping()
+                if epoch % t.eval_every == 0 or epoch == t.epochs or stopping:
                     start = time.perf_counter()
                     progress.reset(task, epoch=f"{epoch}/{t.epochs}, validating", loss=f"{loss:.4f}", valid=last_valid)
                     row["valid"] = self._validate(lambda done, users: progress.update(task, completed=done, total=users))
@@ -464,10 +468,13 @@ class Trainer:
                 if t.patience and self.state["bad_evals"] >= t.patience:
                     self.console.log(f"early stop: no better valid {SELECT} for {t.patience} validations")
                     self.state["finished"] = True
-                elif self._out_of_time():
-                    self.console.log(f"time limit: stopped after {t.max_minutes:g} minutes")
-                    self.state.update(finished=True, stopped="time limit")
+                elif stopping:
+                    self.console.log(f"time limit: stopped after {t.max_minutes:g} minutes" if stopping == "time limit"
+                                     else f"stopped as asked (darec stop) in epoch {epoch}")
+                    self.state.update(finished=True, stopped=stopping)
                 self._save_checkpoint(improved)
+                if stopping == "stop requested" and self.main:
+                    self.run.stop_request.unlink(missing_ok=True)  # honoured: a resumed run is not stopped by it
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
         self.state["finished"] = True
