@@ -465,6 +465,7 @@ class Trainer:
                                      f"{'  (best)' if self.state['best_epoch'] == epoch else ''}")
                 self.state["epoch"] = epoch
                 self.state["history"].append(row)
+                stopping = stopping or self._stopping()  # the limit may have passed while validating
                 if t.patience and self.state["bad_evals"] >= t.patience:
                     self.console.log(f"early stop: no better valid {SELECT} for {t.patience} validations")
                     self.state["finished"] = True
@@ -473,13 +474,13 @@ class Trainer:
                                      else f"stopped as asked (darec stop) in epoch {epoch}")
                     self.state.update(finished=True, stopped=stopping)
                 self._save_checkpoint(improved)
-                if stopping == "stop requested" and self.main:
-                    self.run.stop_request.unlink(missing_ok=True)  # honoured: a resumed run is not stopped by it
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
         self.state["finished"] = True
         if self.main:
             self.run.write_state(self.state)
+            # A stop request is honoured now (or came too late to matter): a resumed run is not stopped by it.
+            self.run.stop_request.unlink(missing_ok=True)
         barrier(self.group)
         if not final_evaluation:
             return []
