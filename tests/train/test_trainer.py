@@ -97,6 +97,17 @@ def test_a_stop_request_ends_the_run_at_its_next_step_validated_and_evaluated(tm
         run.request_stop()
 
 
+def test_a_run_cut_by_a_stop_request_is_marked_stopped_even_where_its_validation_ends_patience(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    trainer = Trainer(build_config(overrides=[*FAST, "epochs=5", "patience=1"]), run.path, progress=False)
+    validate = trainer._validate
+    # Each validation scores worse than the one before: the cut epoch's would end the run by patience.
+    trainer._validate = lambda *a: {**validate(*a), "ndcg@10": 1.0 / (trainer.state["epoch"] + 1)}
+    trainer.fit(on_epoch_end=lambda epoch: run.request_stop() if epoch == 1 else None)
+    state = run.read_state()
+    assert state["epoch"] == 2 and state["bad_evals"] == 1 and state["stopped"] == "stop requested"
+
+
 def test_each_epoch_records_the_threads_it_was_trained_with(tmp_path: Path) -> None:
     # A resume may change train.threads; the run's config then says only the last count.
     before = torch.get_num_threads()

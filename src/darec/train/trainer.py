@@ -332,13 +332,16 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def _train_epoch(self, progress: Progress | None, task: Any) -> float:
+    def _train_epoch(self, progress: Progress | None, task: Any) -> tuple[float, str | None]:
+        """The epoch's mean training loss, and why it was cut short (a time limit, a stop request), if it was."""
         self.model.train()
         t = self.config.train
-        total, batches = 0.0, 0
+        total, batches, cut = 0.0, 0, None
         compute = self.ddp if self.ddp is not None else self.model.loss
         for step, index in enumerate(bucketed_batches(self.window_lengths, t.batch_size, self.generator)):
-            if (t.steps_per_epoch and step == t.steps_per_epoch) or (step and self._stopping()):
+            if t.steps_per_epoch and step == t.steps_per_epoch:
+                break
+            if step and (cut := self._stopping()):
                 break
             if self.group.world > 1:  # each process trains on its share of the batch
                 if len(index) < self.group.world:
@@ -361,7 +364,7 @@ class Trainer:
             batches += 1
             if progress is not None:
                 progress.update(task, advance=1, loss=f"{total / batches:.4f}")
-        return total / max(1, batches)
+        return total / max(1, batches), cut
 
     def _diverged(self, what: str) -> None:
         last = self.state["checkpoint"]
@@ -435,7 +438,7 @@ class Trainer:
                 epoch = self.state["epoch"] + 1
                 progress.reset(task, total=steps, epoch=f"{epoch}/{t.epochs}", loss="-", valid=last_valid)
                 start = time.perf_counter()
-                loss = self._train_epoch(progress, task)
+                loss, cut = self._train_epoch(progress, task)
                 row: dict[str, Any] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
                                        "lr": self.optimizer.param_groups[0]["lr"],  # at the epoch's end
                                        # As run: a resume may change train.threads, and the thread count
@@ -448,7 +451,7 @@ class Trainer:
                     for name, figure in self.model.figures(summary).items() if self.main else ():
                         save_figure(figure, self.run.figure(name))
                 improved = False
-                stopping = self._stopping()
+                stopping = cut or self._stopping()
                 if epoch % t.eval_every == 0 or epoch == t.epochs or stopping:
                     start = time.perf_counter()
                     progress.reset(task, epoch=f"{epoch}/{t.epochs}, validating", loss=f"{loss:.4f}", valid=last_valid)
@@ -466,7 +469,8 @@ class Trainer:
                 self.state["epoch"] = epoch
                 self.state["history"].append(row)
                 stopping = stopping or self._stopping()  # the limit may have passed while validating
-                if t.patience and self.state["bad_evals"] >= t.patience:
+                # A cut epoch is not a full one: its validation may look like early stopping, but the run was cut.
+                if t.patience and self.state["bad_evals"] >= t.patience and not cut:
                     self.console.log(f"early stop: no better valid {SELECT} for {t.patience} validations")
                     self.state["finished"] = True
                 elif stopping:
