@@ -286,7 +286,7 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
                              "Write elsewhere (--results), or delete those rows first.")
     if earlier is not None and len(threads := trained_threads(earlier)) == 1:
         # Trained again with its own thread count: another one changes the order of sums.
-        overrides = [o for o in overrides if override_name(o) != "threads"] + [f"threads={threads[0]}"]
+        overrides = with_threads(overrides, threads)
     if begun:
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
@@ -306,21 +306,28 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     return _rows(run_dir, rows, base, trained=trainer.optimizer is not None)
 
 
+def with_threads(overrides: list[str], threads: list[int]) -> list[str]:
+    """``overrides`` with ``threads=`` these counts (several: ``threads=1,2``), where they had one, else last."""
+    ran = "threads=" + ",".join(map(str, threads))
+    if not any(override_name(o) == "threads" for o in overrides):
+        return [*overrides, ran]
+    return [ran if override_name(o) == "threads" else o for o in overrides]
+
+
 def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]:
     """A finished (or evaluated) run's rows as a benchmark writes them: ``base`` plus the run's state."""
     state = RunDir(run_dir).read_state()
     epochs = RunDir(run_dir).read_config(state).train.epochs
     if "settings" in base and (threads := trained_threads(run_dir)):
         # The threads the run was trained with, not the invoking command's (a kept or resumed run).
-        ran = "threads=" + ",".join(map(str, threads))
-        base = {**base, "settings": " ".join(ran if override_name(o) == "threads" else o for o in base["settings"].split())}
+        base = {**base, "settings": " ".join(with_threads(base["settings"].split(), threads))}
     out = []
     for r in rows:
         row = {**base, "split": r["split"], "protocol": r["protocol"], "exclude_history": r["exclude_history"],
                "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "stopped_early": state["finished"] and state["epoch"] < epochs and "stopped" not in state,
                # Cut short by its wall-clock limit or a stop request (darec stop): not converged.
-               "time_limited": state.get("stopped") in ("time limit", "stop requested"),
+               "time_limited": "stopped" in state,
                **{m: r[m] for m in METRICS}}
         if trained:
             row["seconds_per_epoch"] = seconds_per_epoch(run_dir)

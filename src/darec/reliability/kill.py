@@ -53,8 +53,7 @@ def train_summary(out: Path) -> Any:
 
     run = RunDir(out)
     rows = json.loads(run.results.read_text())
-    history = [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
-               for line in run.metrics.read_text().splitlines()]
+    history = [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in run.read_history()]
     weights = {k: v.tolist() for k, v in sorted(load_file(run.best).items())}
     return {"results": rows, "history": history, "weights": weights}
 

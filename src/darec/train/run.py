@@ -118,6 +118,10 @@ class RunDir:
         """Each user's metrics on ``split``, for paired comparisons between runs (``darec compare``)."""
         save_tensors(self.per_user(split), {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
 
+    def read_history(self) -> list[dict[str, Any]]:
+        """``metrics.jsonl``: one dict an epoch (loss, seconds, learning rate, threads, validation)."""
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+
     def read_per_user(self, split: str) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in load_tensors(self.per_user(split)).items()}
 

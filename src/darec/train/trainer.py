@@ -513,16 +513,12 @@ class Trainer:
         return rows
 
 
-def _history(run_dir: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line]
-
-
 def seconds_per_epoch(run_dir: str | Path) -> float:
-    history = _history(run_dir)
+    history = RunDir(run_dir).read_history()
     return float(np.mean([h["train_seconds"] for h in history])) if history else float("nan")
 
 
 def trained_threads(run_dir: str | Path) -> list[int]:
     """The CPU thread counts a run's epochs were trained with, in order of first use (empty for
     runs from before epochs recorded them)."""
-    return list(dict.fromkeys(h["threads"] for h in _history(run_dir) if "threads" in h))
+    return list(dict.fromkeys(h["threads"] for h in RunDir(run_dir).read_history() if "threads" in h))
