@@ -7,7 +7,9 @@ read by darec_accuracy.py and dynamic_adaption.py.
   is bf16 there): all 30 SmolLM2 layers, 12 title tokens a span, the last 50 items, each
   user's most recent window in batches of 8, up to 8 epochs (patience 2), validated during
   training on 300 users (the final validation and test use all). On this project's 2-core
-  Xeon an epoch of ml-100k takes 21 to 34 minutes (other work sharing the machine). The
+  Xeon a clean epoch of ml-100k takes 13 minutes on both cores (783 to 788 s in the kept
+  ``cpu-full-pretrained-cf`` run's metrics.jsonl), about twice that for each of two one-core
+  runs side by side, longer with other work sharing the machine. The
   first budget stopped at 2 epochs, with validation still rising steeply (0.024, then
   0.047); runs begun under it are extended by the larger budget when resumed.
 * ``cpu``: what fits a 2-core CPU in about an hour a data set: the first 2 SmolLM2 layers,

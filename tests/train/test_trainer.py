@@ -12,7 +12,7 @@ from darec.config import ConfigError
 from darec.errors import InputError
 from darec.train import Trainer, build_config
 from darec.train.run import RunDir, load_run
-from darec.train.trainer import lr_factor, trained_threads
+from darec.train.trainer import lr_factor, seconds_per_epoch, trained_threads
 
 FAST = ["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "batch_size=16", "patience=0"]
 
@@ -91,7 +91,11 @@ def test_a_stop_request_ends_the_run_at_its_next_step_validated_and_evaluated(tm
     state = run.read_state()
     assert state["finished"] and state["stopped"] == "stop requested" and state["epoch"] == 2
     assert steps.count(2) == 1 < steps.count(1)  # the second epoch ended at its first step (the check is after it)
-    assert ["valid" in h for h in _history(run.path)] == [False, True]  # validated though eval_every is 3
+    history = _history(run.path)
+    assert ["valid" in h for h in history] == [False, True]  # validated though eval_every is 3
+    assert [h.get("cut") for h in history] == [None, "stop requested"]
+    # The one-step epoch is not an epoch's time.
+    assert seconds_per_epoch(run.path) == run.read_history()[0]["train_seconds"]
     assert {r["split"] for r in rows} == {"valid", "test"} and not run.stop_request.exists()
     with pytest.raises(InputError, match="already finished"):
         run.request_stop()

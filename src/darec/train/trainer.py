@@ -444,6 +444,8 @@ class Trainer:
                                        # As run: a resume may change train.threads, and the thread count
                                        # changes the order of sums, so results reproduce only with it.
                                        "threads": torch.get_num_threads()}
+                if cut:  # a partial epoch: its time is not an epoch's
+                    row["cut"] = cut
                 add_up(self.group, self.model.epoch_tallies())  # each process counted its own share of the batches
                 summary = self.model.epoch_summary()
                 if summary:
@@ -514,8 +516,9 @@ class Trainer:
 
 
 def seconds_per_epoch(run_dir: str | Path) -> float:
-    history = RunDir(run_dir).read_history()
-    return float(np.mean([h["train_seconds"] for h in history])) if history else float("nan")
+    """Mean training seconds of a run's full epochs (one cut short by a stop or time limit is left out)."""
+    seconds = [h["train_seconds"] for h in RunDir(run_dir).read_history() if "cut" not in h]
+    return float(np.mean(seconds)) if seconds else float("nan")
 
 
 def trained_threads(run_dir: str | Path) -> list[int]:
