@@ -67,12 +67,16 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@11"])
     assert out.exit_code == 2 and "no metric 'ndcg@11'" in out.output
 
-    # Validation (what ablations are judged on): computed from the best weights once, matching the run's own valid row.
+    # Validation (what ablations are judged on): saved by the run's final evaluation, matching its own valid row,
+    # and computed from the best weights (once) where a run lacks it.
     valid = next(r for r in json.loads((tmp_path / "a" / "results.json").read_text())
                  if r["split"] == "valid" and r["protocol"] == "full" and not r["exclude_history"])
+    saved_valid = RunDir(tmp_path / "a").read_per_user("valid")["ndcg@10"]
+    assert saved_valid.mean() == pytest.approx(valid["ndcg@10"], abs=1e-6)
+    RunDir(tmp_path / "a").per_user("valid").unlink()  # as a run from before runs saved it
     on_valid = compare_runs(tmp_path / "a", tmp_path / "b", samples=500, split="valid")
     assert on_valid["mean_a"] == pytest.approx(valid["ndcg@10"], abs=1e-6) and on_valid["mean_a"] != result["mean_a"]
-    assert RunDir(tmp_path / "a").per_user("valid").exists()
+    assert np.array_equal(RunDir(tmp_path / "a").read_per_user("valid")["ndcg@10"], saved_valid)
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "valid", "--samples", "500"])
     assert out.exit_code == 0 and "valid ndcg@10" in out.output and f"{on_valid['mean_a']:.4f}" in out.output, out.output
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "train"])
@@ -98,13 +102,12 @@ def test_a_copy_of_a_runs_results_compares_as_the_run_does(tmp_path: Path) -> No
     base = ["model=sasrec", "dataset=synthetic-tiny", "max_len=20", "inner_size=32", "epochs=1", "patience=0"]
     for name, hidden in (("a", 16), ("b", 24)):
         Trainer(build_config(overrides=[*base, f"hidden_size={hidden}"]), tmp_path / name, progress=False).fit()
-    compare_runs(tmp_path / "a", tmp_path / "b", samples=200, split="valid")  # caches both runs' validation metrics
     a, b = (RunDir(tmp_path / n).copy_results(tmp_path / "kept" / n).path for n in ("a", "b"))
     assert not (a / "model.safetensors").exists() and not any(a.glob("checkpoint-*"))
     for split in ("test", "valid"):
         own = compare_runs(tmp_path / "a", tmp_path / "b", samples=200, split=split)
         assert compare_runs(a, b, samples=200, split=split) == own
-    RunDir(a).per_user("valid").unlink()  # not kept: computing it needs the weights, which the copy lacks
+    RunDir(a).per_user("valid").unlink()  # as a copy of an older run: computing it needs the weights, which it lacks
     with pytest.raises(DamagedFile, match="model.safetensors"):
         compare_runs(a, b, split="valid")
     begun = Trainer(build_config(overrides=base), tmp_path / "begun", progress=False)  # set up, never trained

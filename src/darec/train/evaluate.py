@@ -210,8 +210,9 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
                 progress: Callable[[str], OnBatch] | None = None) -> list[dict[str, Any]]:
     """Validation and test metrics of ``model`` as flat rows: full ranking with the user's
     history kept and excluded (papers differ; every row says which), and the sampled protocol.
-    With ``run_dir``, each test user's metrics (full ranking, history as trained) are saved there
-    (of several processes, give it to the one that writes). ``progress(split)`` gives each split's
+    With ``run_dir``, each user's metrics on each split (full ranking, history as trained) are saved
+    there, for paired comparisons on test and, for ablations, on validation, which would otherwise
+    score every validation user again (of several processes, give it to the one that writes). ``progress(split)`` gives each split's
     progress callback (see :func:`evaluate_many`).
 
     The sampled protocol is left out, with a message, when the catalogue is too small to
@@ -236,6 +237,6 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
         for (protocol, exclude), per_user in zip(settings, scored):
             rows.append(result_row(dataset.name, config.model.name, split, protocol, exclude, t.sampled_negatives, per_user,
                                    variant=variant))
-            if run_dir is not None and split == "test" and protocol == "full" and exclude == t.exclude_history:
+            if run_dir is not None and protocol == "full" and exclude == t.exclude_history:
                 RunDir(run_dir).write_per_user(split, per_user)  # for paired comparisons between runs (darec compare)
     return rows

@@ -11,7 +11,7 @@
       metrics.jsonl        one line per epoch
       results.json         final rows (valid and test, full and sampled protocols)
       per_user_test.safetensors  each test user's metrics, for paired comparisons (darec compare);
-                                 per_user_valid.safetensors once a comparison on validation asked for it
+      per_user_valid.safetensors and each validation user's (ablations are judged on validation)
       .lock                the pid of the process training it (held while it trains)
       STOP                 a stop request (darec stop), until the trainer has stopped
 
