@@ -77,6 +77,9 @@ def test_runs_save_per_user_metrics_and_compare(tmp_path: Path) -> None:
     on_valid = compare_runs(tmp_path / "a", tmp_path / "b", samples=500, split="valid")
     assert on_valid["mean_a"] == pytest.approx(valid["ndcg@10"], abs=1e-6) and on_valid["mean_a"] != result["mean_a"]
     assert np.array_equal(RunDir(tmp_path / "a").read_per_user("valid")["ndcg@10"], saved_valid)
+    RunDir(tmp_path / "a").per_user("valid").unlink()
+    itself = compare_runs(tmp_path / "a", tmp_path / "a", samples=200, split="valid")  # computed once, then read back
+    assert itself["difference"] == 0 and itself["p_value"] == 1.0
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "valid", "--samples", "500"])
     assert out.exit_code == 0 and "valid ndcg@10" in out.output and f"{on_valid['mean_a']:.4f}" in out.output, out.output
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "train"])

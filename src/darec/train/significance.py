@@ -58,6 +58,8 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True,
                        chunk=t.eval_chunk)
+    # As saved: a side computed now compares exactly as it will when read back (a run with itself: p = 1).
+    metrics = {k: np.asarray(v, dtype=np.float32) for k, v in metrics.items()}
     if finished:  # an unfinished run's best weights may change
         folder.write_per_user(split, metrics)
     return metrics
