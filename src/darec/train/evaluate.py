@@ -212,8 +212,8 @@ def result_rows(config: RunConfig, dataset: SequenceDataset, model: SequentialRe
     history kept and excluded (papers differ; every row says which), and the sampled protocol.
     With ``run_dir``, each user's metrics on each split (full ranking, history as trained) are saved
     there, for paired comparisons on test and, for ablations, on validation, which would otherwise
-    score every validation user again (of several processes, give it to the one that writes). ``progress(split)`` gives each split's
-    progress callback (see :func:`evaluate_many`).
+    score every validation user again (of several processes, give it to the one that writes).
+    ``progress(split)`` gives each split's progress callback (see :func:`evaluate_many`).
 
     The sampled protocol is left out, with a message, when the catalogue is too small to
     draw the negatives from items a user has not seen.

@@ -67,6 +67,11 @@ RNG, OPTIMIZER, OPTIMIZER_META, SCHEDULER = "rng.safetensors", "optimizer.safete
 log = logging.getLogger("darec")  # warnings for the user (the CLI prints them)
 
 
+def per_user_as_saved(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-user metrics as a run saves them (float32): one computed now then compares exactly as when read back."""
+    return {k: np.asarray(v, dtype=np.float32) for k, v in metrics.items()}
+
+
 class RunDir:
     """The layout of one run directory and checked reads of its files."""
 
@@ -116,7 +121,7 @@ class RunDir:
 
     def write_per_user(self, split: str, metrics: dict[str, np.ndarray]) -> None:
         """Each user's metrics on ``split``, for paired comparisons between runs (``darec compare``)."""
-        save_tensors(self.per_user(split), {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in metrics.items()})
+        save_tensors(self.per_user(split), {k: torch.from_numpy(v) for k, v in per_user_as_saved(metrics).items()})
 
     def read_history(self) -> list[dict[str, Any]]:
         """``metrics.jsonl``: one dict an epoch (loss, seconds, learning rate, threads, validation)."""

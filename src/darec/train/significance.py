@@ -16,7 +16,7 @@ from scipy import stats
 
 from darec.errors import InputError, UnknownKey
 from darec.io import DamagedFile
-from darec.train.run import RunDir, load_run, load_run_dataset, read_config
+from darec.train.run import RunDir, load_run, load_run_dataset, per_user_as_saved, read_config
 
 SPLITS = ("valid", "test")
 
@@ -58,8 +58,7 @@ def per_user_metrics(run_dir: Path, split: str = "test") -> dict[str, np.ndarray
     t = run.config.train
     metrics = evaluate(run.model, histories, targets, "full", t.exclude_history, batch_size=t.eval_batch_size, per_user=True,
                        chunk=t.eval_chunk)
-    # As saved: a side computed now compares exactly as it will when read back (a run with itself: p = 1).
-    metrics = {k: np.asarray(v, dtype=np.float32) for k, v in metrics.items()}
+    metrics = per_user_as_saved(metrics)  # so a run compared with itself gives p = 1, computed or read
     if finished:  # an unfinished run's best weights may change
         folder.write_per_user(split, metrics)
     return metrics
