@@ -245,6 +245,22 @@ def test_a_resume_cannot_shrink_the_budget_below_what_was_done(tmp_path: Path) -
     assert (tmp_path / "r" / "config.yaml").read_text() == before
 
 
+def test_a_finished_run_keeps_the_budget_it_ran_under_when_a_new_one_does_not_let_it_go_on(tmp_path: Path) -> None:
+    # Early-stopped with patience 2; resumed with patience 1 (spent) it trains nothing, so its config must still say 2.
+    Trainer(build_config(overrides=[*FAST, "epochs=40", "patience=2", "lr=0.3", "grad_clip=0"]), tmp_path / "r",
+            progress=False).fit()
+    state = json.loads((tmp_path / "r" / "trainer_state.json").read_text())
+    assert state["epoch"] < 40 and state["bad_evals"] == 2
+    resumed = Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["patience=1", "eval_batch_size=7"])
+    assert load_run(tmp_path / "r").config.train.patience == 2 and resumed.config.train.patience == 2
+    assert resumed.config.train.eval_batch_size == 7  # other resumable settings still change
+    resumed.release()
+    # A budget that does let it go on is written: patience 5 reopens it.
+    reopened = Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["patience=5"])
+    assert load_run(tmp_path / "r").config.train.patience == 5 and not reopened.state["finished"]
+    reopened.release()
+
+
 def test_leftovers_of_interrupted_writes_are_removed_and_a_run_without_checkpoint_starts_again(tmp_path: Path) -> None:
     run = tmp_path / "r"
     trainer = Trainer(build_config(overrides=[*FAST, "epochs=2"]), run, progress=False)  # config and id map written

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from darec.config import ConfigError
+from darec.config import ConfigError, parse_override
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, pretrained_parameters, resolve_device
@@ -33,7 +33,7 @@ from darec.io import (DamagedFile, WriteError, atomic_write_json, atomic_write_t
 from darec.models import build_model
 from darec.models.base import trainable_parameters
 from darec.train.checkpoint import load_model_state, load_optimizer_state, load_tensors, model_state, optimizer_state, save_tensors
-from darec.train.config import RunConfig, build_config
+from darec.train.config import RunConfig, TrainConfig, build_config
 from darec.train.evaluate import NonFiniteScores, OnBatch, evaluate, result_rows
 from darec.train.run import BEST, OPTIMIZER, OPTIMIZER_META, RNG, SCHEDULER, STATE, RunDir, check_same_data, load_companions, with_absolute_paths
 
@@ -41,6 +41,11 @@ SELECT = "ndcg@10"
 # What a resumed run may change: its stopping budget and where it runs, nothing that changes the model or data.
 BUDGET_KEYS = ("epochs", "patience", "max_minutes")
 RESUME_KEYS = (*BUDGET_KEYS, "device", "threads", "compile", "shard", "eval_batch_size", "eval_chunk")
+
+
+def goes_on(train: TrainConfig, state: dict[str, Any]) -> bool:
+    """Whether a run at ``state`` has budget left under ``train``: epochs to go, patience not spent."""
+    return state["epoch"] < train.epochs and not (train.patience and state["bad_evals"] >= train.patience)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -201,7 +206,12 @@ class Trainer:
 
     def _resumed_config(self, overrides: list[str], state: dict[str, Any]) -> tuple[RunConfig, bool]:
         """The run's saved config with ``overrides``, and whether they changed its budget."""
-        new, diff = self._overridden(self.run.read_config(state), overrides, state["epoch"])
+        saved = self.run.read_config(state)
+        new, diff = self._overridden(saved, overrides, state["epoch"])
+        if state.get("finished") and not goes_on(new.train, state):
+            # Nothing more to train: the run keeps the budget it ran under, so its config says what ran.
+            kept = [o for o in overrides if parse_override(o)[0].rsplit(".", 1)[-1] not in BUDGET_KEYS]
+            new, diff = self._overridden(saved, kept, state["epoch"])
         if diff and self.main:
             atomic_write_text(self.run.config, new.to_yaml())
             state["config_sha256"] = sha256(self.run.config)
@@ -247,7 +257,7 @@ class Trainer:
     def _reopen(self) -> None:
         """Let a finished run go on when its new budget allows more epochs than it stopped at."""
         t, state = self.config.train, self.state
-        if state["epoch"] < t.epochs and not (t.patience and state["bad_evals"] >= t.patience):
+        if goes_on(t, state):
             state.update(finished=False)
             state.pop("stopped", None)
             self.console.log(f"{self.run_dir}: continuing after epoch {state['epoch']} (at most {t.epochs} epochs, "
