@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from darec.io import atomic_write_json, atomic_write_text, read_json
-from darec.config import parse_override
+from darec.config import override_name
 from darec.search import Search
 from darec.search.study import STUDY
 from darec.train import Trainer, build_config
@@ -178,11 +178,6 @@ def save_rows(path: Path, new_rows: Iterable[Row], markdown: Callable[[list[Row]
         atomic_write_json(path, rows)
         if markdown is not None:
             atomic_write_text(path.with_suffix(".md"), markdown(rows))
-
-
-def override_name(override: str) -> str:
-    """The bare key of a ``key=value`` or ``section.key=value`` override."""
-    return parse_override(override)[0].rpartition(".")[2]
 
 
 def for_model(overrides: Iterable[str], model: str) -> list[str]:

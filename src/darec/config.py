@@ -209,6 +209,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def override_name(override: str) -> str:
+    """The bare key of a ``key=value`` or ``section.key=value`` override."""
+    return parse_override(override)[0].rpartition(".")[2]
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from darec.config import ConfigError, parse_override
+from darec.config import ConfigError, override_name
 from darec.data import SequenceDataset, load_dataset
 from darec.data.batching import Batch, bucketed_batches, training_windows, trim
 from darec.device import adamw, apply_compile, apply_precision, autocast, pretrained_parameters, resolve_device
@@ -210,7 +210,7 @@ class Trainer:
         new, diff = self._overridden(saved, overrides, state["epoch"])
         if state.get("finished") and not goes_on(new.train, state):
             # Nothing more to train: the run keeps the budget it ran under, so its config says what ran.
-            kept = [o for o in overrides if parse_override(o)[0].rsplit(".", 1)[-1] not in BUDGET_KEYS]
+            kept = [o for o in overrides if override_name(o) not in BUDGET_KEYS]
             new, diff = self._overridden(saved, kept, state["epoch"])
         if diff and self.main:
             atomic_write_text(self.run.config, new.to_yaml())
