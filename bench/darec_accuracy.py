@@ -52,7 +52,9 @@ from budgets import BUDGETS
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, for_model,
                     has_finished, machine, markdown_table, save_rows, train_rows, upgrade_run_row, versions, versus,
                     versus_cell, with_seeds)
+from darec.config import override_name
 from darec.train import build_config
+from darec.train.trainer import BUDGET_KEYS
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
 DAREC_VARIANTS = {
@@ -179,7 +181,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "darec_accuracy")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. max_minutes=10)")
+    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for the runs whose config has "
+                        "the key (e.g. lr=3e-4, max_minutes=10); the budget keys (epochs, patience, max_minutes) reach "
+                        "the LLM runs only: the SASRec runs train to their own schedule")
     parser.add_argument("--tag", default="", help="name for the --set extras: their rows carry this tag, their runs have "
                         "folders of their own (VARIANT@TAG), so a setting tried (e.g. --set lr=3e-4 --tag lr3e-4) sits "
                         "beside the budget's own rows")
@@ -207,7 +211,10 @@ def main() -> None:
         reference = spec(args, "sasrec-same-data").run_dir(args.workdir)
         overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, reference)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
-        overrides += for_model(args.extra, model)  # e.g. gradient_checkpointing reaches the LLM runs only
+        # e.g. gradient_checkpointing reaches the LLM runs only; so does a budget key: the SASRec
+        # references keep one schedule (SASREC) whatever budget an LLM run is given.
+        extra = [o for o in args.extra if model != "sasrec" or override_name(o) not in BUDGET_KEYS]
+        overrides += for_model(extra, model)
         base = {**run.fields(), "model": model, "settings": " ".join(overrides), "machine": machine(), "versions": versions(),
                 "command": command_line()}
         run_dir = run.run_dir(args.workdir)

@@ -8,6 +8,7 @@ every function here does nothing, so the single-process path stays the plain one
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +105,12 @@ def leave() -> None:
     """End this process's part in its group, once its work is done. All wait for each other
     first: a process that exits straight after a collective can cut off the last message a
     slower peer is still reading ("Connection closed by peer"). Then the group is closed, as
-    torch asks: left open, its threads can abort the interpreter at exit."""
+    torch asks: left open, its threads can abort the interpreter at exit. Garbage that still
+    holds the group (a DDP wrapper in a reference cycle) is collected first, so the group is
+    gone when this returns."""
     if dist.is_initialized():
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

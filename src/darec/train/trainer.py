@@ -493,6 +493,11 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
         self.state["finished"] = True
+        # This trainer trains no more (a finished run is reopened only by a new trainer). Its DDP
+        # wrapper holds the process group and its last step's communication work; dropped now, the
+        # group's threads end when distributed.leave() closes it, not while the interpreter shuts
+        # down, where gloo can abort the process ("terminate called without an active exception").
+        self.ddp = None
         if self.main:
             self.run.write_state(self.state)
             # A stop request is honoured now (or came too late to matter): a resumed run is not stopped by it.
