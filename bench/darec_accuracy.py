@@ -79,9 +79,23 @@ VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data",
             "head-items", *PRETRAINED]
 
 
+# How an LLM run is optimised and how long: a --set of these is a setting of the LLM runs, tried
+# against the one SASRec reference, which keeps its own schedule (SASREC).
+LLM_ONLY = (*BUDGET_KEYS, "lr", "weight_decay", "batch_size", "lr_schedule", "warmup_ratio", "grad_clip")
+
+
+def sasrec_extra(extra: list[str]) -> list[str]:
+    """The ``--set`` extras that reach the SASRec runs (data and placement, not LLM_ONLY)."""
+    return [o for o in for_model(extra, "sasrec") if override_name(o) not in LLM_ONLY]
+
+
 def spec(args: argparse.Namespace, variant: str, seed: int | None = None) -> RunSpec:
-    """The run of ``variant`` in this invocation (its budget, tag and seed; SASRec with its own defaults: budget -)."""
-    return RunSpec(args.dataset, variant, "-" if variant == "sasrec" else args.budget, args.tag,
+    """The run of ``variant`` in this invocation (its budget, tag and seed; SASRec with its own defaults: budget -).
+    A SASRec run carries the tag only where the tag's extras change it (not for ``--set lr=3e-4``)."""
+    tag = args.tag
+    if variant.startswith("sasrec") and not any(override_name(o) != "seed" for o in sasrec_extra(args.extra)):
+        tag = ""
+    return RunSpec(args.dataset, variant, "-" if variant == "sasrec" else args.budget, tag,
                    args.seed if seed is None else seed)
 
 
@@ -182,8 +196,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "darec_accuracy")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for the runs whose config has "
-                        "the key (e.g. lr=3e-4, max_minutes=10); the budget keys (epochs, patience, max_minutes) reach "
-                        "the LLM runs only: the SASRec runs train to their own schedule")
+                        "the key (e.g. lr=3e-4, max_minutes=10); the training keys (epochs, patience, max_minutes, lr, "
+                        "weight_decay, batch_size, lr_schedule, warmup_ratio, grad_clip) reach the LLM runs only: the "
+                        "SASRec runs train to their own schedule, and are the untagged ones unless the tag changes them")
     parser.add_argument("--tag", default="", help="name for the --set extras: their rows carry this tag, their runs have "
                         "folders of their own (VARIANT@TAG), so a setting tried (e.g. --set lr=3e-4 --tag lr3e-4) sits "
                         "beside the budget's own rows")
@@ -211,10 +226,9 @@ def main() -> None:
         reference = spec(args, "sasrec-same-data").run_dir(args.workdir)
         overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, reference)]
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
-        # e.g. gradient_checkpointing reaches the LLM runs only; so does a budget key: the SASRec
-        # references keep one schedule (SASREC) whatever budget an LLM run is given.
-        extra = [o for o in args.extra if model != "sasrec" or override_name(o) not in BUDGET_KEYS]
-        overrides += for_model(extra, model)
+        # e.g. gradient_checkpointing reaches the LLM runs only; so does an LLM_ONLY key: the SASRec
+        # references keep one schedule (SASREC) whatever an LLM run is given.
+        overrides += sasrec_extra(args.extra) if model == "sasrec" else for_model(args.extra, model)
         base = {**run.fields(), "model": model, "settings": " ".join(overrides), "machine": machine(), "versions": versions(),
                 "command": command_line()}
         run_dir = run.run_dir(args.workdir)
