@@ -14,11 +14,7 @@ Paths, measured on the same batches in one invocation (``--paths``):
   ``precision=auto`` picks on CPUs with AMX-BF16/AVX512-BF16 and on CUDA);
 - ``bf16-nodrop``: also no LoRA dropout (``lora:8``'s default now);
 - ``bf16-nodrop-compiled-sdpa``: also the decoder layers compiled, attention by transformers' SDPA;
-- ``bf16-nodrop-compiled-peftlora``: the same with darec's attention and peft's LoRA forward
-  (``W x + B(A(x)) * scale`` as separate passes over the output);
-- ``bf16-nodrop-compiled``: the same with darec's LoRA linear (``addmm``: the adapter added
-  inside the GEMM, ``darec.models.llm.adapters.addmm_lora``; the paths with LoRA dropout keep
-  peft's forward) and darec's attention (SDPA's forward, its own CPU
+- ``bf16-nodrop-compiled``: the same with darec's attention (SDPA's forward, its own CPU
   backward: ``darec.models.llm.attention``), ``darec train``'s default path on such a CPU.
 
 MFU: ``4 x N x tokens/s`` (N the backbone's non-embedding parameters: with a frozen
@@ -91,7 +87,6 @@ class ExecutionPath:
     lora_dropout: float = 0.05  # LoRA's dropout (lora:R's default); 0 draws no masks
     compiled: bool = False  # torch.compile on each decoder layer (train.compile; regional: one compilation serves all)
     attention: str = ATTENTION  # darec's (SDPA with its own CPU backward in compiled layers) or transformers' "sdpa"
-    lora: str = "addmm"  # darec's LoRA linear (the adapter added inside the GEMM, where it has no dropout) or "peft"'s own
 
 
 PATHS = {
@@ -100,7 +95,6 @@ PATHS = {
     "bf16": ExecutionPath("bf16"),
     "bf16-nodrop": ExecutionPath("bf16", lora_dropout=0.0),
     "bf16-nodrop-compiled-sdpa": ExecutionPath("bf16", lora_dropout=0.0, compiled=True, attention="sdpa"),
-    "bf16-nodrop-compiled-peftlora": ExecutionPath("bf16", lora_dropout=0.0, compiled=True, lora="peft"),
     "bf16-nodrop-compiled": ExecutionPath("bf16", lora_dropout=0.0, compiled=True),
 }
 
@@ -116,13 +110,6 @@ def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, d
     model.prepare(data)
     model.to(device).train()
     model.llm.config._attn_implementation = path.attention
-    if path.lora == "peft":
-        from peft.tuners.lora import Linear
-
-        from darec.models.llm.adapters.addmm_lora import AddmmLoraLinear
-        for module in model.modules():
-            if type(module) is AddmmLoraLinear:
-                module.__class__ = Linear  # the same module and weights, peft's forward
     if path.hold:
         apply_precision(model, device, path.precision)
     else:
@@ -258,8 +245,9 @@ def markdown(rows: list[Row]) -> str:
          "precision at the model's own shapes measured in the same run (the four oldest rows: a 4096 x 4096 matmul).",
          "Compile s: what the warm-up steps took beyond steady steps, kept out of tokens/s. Attention: transformers' SDPA,",
          "or darec's (SDPA's forward, darec's own CPU backward: models/llm/attention.py; path -compiled-sdpa turns it off).",
-         "LoRA: from 2026-12-02 the -nodrop paths add the adapter inside the frozen matmul's GEMM (addmm_lora.py); path",
-         "-peftlora runs peft's own forward, as every earlier row did."],
+         "The last two rows (2026-12-02, the second of two rounds; the first: 376 and 364): -compiled-peftlora is peft's",
+         "LoRA forward (as on every other row), -compiled there added LoRA inside the frozen GEMM (addmm): slower, so removed",
+         "(git 666c249). Their MFU columns are unreliable: the matmul rate measured beside them varied 0.46 to 0.71."],
         ["device", "path", "task", "attention", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
          "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
 

@@ -182,49 +182,13 @@ def test_lora_ranks_by_layer_live_in_one_peft_adapter_and_old_weights_load() -> 
     assert old.keys() == state.keys()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_lora_added_inside_the_matmul_equals_peft_and_falls_back_where_it_does_not_apply(precision: str) -> None:
-    from peft.tuners.lora import Linear as PeftLoraLinear
-
-    from darec.models.llm.adapters.addmm_lora import AddmmLoraLinear
-
+def test_a_plan_mixing_lora_dropouts_trains_every_layers_adapter() -> None:
+    # peft makes the adapter injected last active in every LoRA layer; each layer must run its own.
     model = _llama(2)
-    apply_plan(model, ["lora:4", "lora:4:dropout=0.1"])  # two peft adapters, each layer running its own
-    assert {type(model.layers[i].self_attn.q_proj) for i in range(2)} == {AddmmLoraLinear}
-    torch.manual_seed(1)
+    apply_plan(model, ["lora:4", "lora:4:dropout=0.1"])
     for name, p in model.named_parameters():
         if ".lora_B." in name:
-            p.data.normal_(std=0.1)  # B starts at zero: give the adapter something to add
-    if precision == "bf16":  # as darec holds a pretrained backbone on a bf16 CPU: frozen weights bf16, adapters fp32
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.bfloat16()
-    x, weights = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
-    peft_forward, calls = PeftLoraLinear.forward, []
-
-    def run(fused: bool, bf16: bool) -> list[torch.Tensor]:
-        model.zero_grad()
-        calls.clear()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(PeftLoraLinear, "forward", lambda self, *a, **k: calls.append(1) or peft_forward(self, *a, **k))
-            if not fused:
-                patch.setattr(AddmmLoraLinear, "forward", PeftLoraLinear.forward)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = _out(model.train(False), x).float()
-            (out * weights).sum().backward()
-        return [out, *(p.grad.clone() for p in model.parameters() if p.grad is not None)]
-
-    fused = run(True, precision == "bf16")
-    assert len(calls) == 7  # layer 1's dropout: peft's own forward, for each of its seven linears
-    plain = run(False, precision == "bf16")
-    assert len(calls) == 14 and len(fused) == len(plain) == 1 + 2 * 7 * 2  # every adapter of both layers has a gradient
-    if precision == "fp32":
-        for ours, theirs in zip(fused, plain, strict=True):
-            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
-        return
-    # bf16 rounds in another order than peft: as close to the same model in fp32 as peft is.
-    for p in model.parameters():
-        p.data = p.data.float()
-    exact = run(False, False)
-    for ours, theirs, truth in zip(fused, plain, exact, strict=True):
-        assert (ours - truth).norm() <= 2 * (theirs - truth).norm() + 1e-3 * truth.norm()
+            p.data.normal_(std=0.1)  # B starts at zero, and so would A's gradient
+    _out(model.train(False), torch.randn(2, 5, 64)).square().mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads == {n for n, p in model.named_parameters() if p.requires_grad} and len(grads) == 2 * 7 * 2

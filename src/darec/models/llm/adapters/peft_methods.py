@@ -44,8 +44,6 @@ def apply_lora(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
-    from darec.models.llm.adapters.addmm_lora import AddmmLoraLinear  # imports peft: only where LoRA is used
-
     by_dropout: dict[float, list[tuple[LayerAnatomy, LoraSpec]]] = {}
     for layer, spec in layers:
         by_dropout.setdefault(spec.dropout, []).append((layer, spec))
@@ -58,7 +56,6 @@ def apply_lora(model: nn.Module, layers: list[tuple[LayerAnatomy, Any]]) -> None
         config = LoraConfig(r=first.r, lora_alpha=first.alpha_per_rank * first.r, lora_dropout=dropout,
                             target_modules=_names_regex([n for layer, _ in group for n in layer.linears]),
                             rank_pattern=ranks, alpha_pattern=alphas, fan_in_fan_out=_transposed([layer for layer, _ in group]))
-        config._register_custom_module({nn.Linear: AddmmLoraLinear})  # peft's documented hook for its own layer types
         inject(inject_adapter_in_model, config, model, name)
     if len(by_dropout) > 1:
         # peft makes the adapter injected last the active one in every LoRA layer, which left the
