@@ -245,9 +245,10 @@ def markdown(rows: list[Row]) -> str:
          "precision at the model's own shapes measured in the same run (the four oldest rows: a 4096 x 4096 matmul).",
          "Compile s: what the warm-up steps took beyond steady steps, kept out of tokens/s. Attention: transformers' SDPA,",
          "or darec's (SDPA's forward, darec's own CPU backward: models/llm/attention.py; path -compiled-sdpa turns it off).",
-         "The last two rows (2026-12-02, the second of two rounds; the first: 376 and 364): -compiled-peftlora is peft's",
-         "LoRA forward (as on every other row), -compiled there added LoRA inside the frozen GEMM (addmm): slower, so removed",
-         "(git 666c249). Their MFU columns are unreliable: the matmul rate measured beside them varied 0.46 to 0.71."],
+         "Paths -peftlora and -addmm (2026-12-02, synthetic-small batches, the second of two rounds; the first: 376 and 364):",
+         "peft's LoRA forward, as on every other row and today's -compiled, against LoRA added inside the frozen GEMM",
+         "(addmm, run as -compiled then): slower, so removed (git 666c249). Their MFU is unreliable: the matmul rate beside",
+         "them varied 0.46 to 0.71."],
         ["device", "path", "task", "attention", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
          "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
 
