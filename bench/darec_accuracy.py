@@ -127,9 +127,11 @@ def key(variant: str) -> str:
 def switch_cell(valid: Row) -> str:
     """An ablation's validation comparisons with each variant it switches something off in."""
     fulls = [f for f in ABLATION_OF.get(valid.get("variant", ""), []) if f"vs_{key(f)}" in valid]
-    if len(fulls) == 1:
+    if len(fulls) == 1 and "vs_untagged" not in valid:
         return compared_cell(valid, key(fulls[0]))
-    return "<br>".join(f"vs {f}: {compared_cell(valid, key(f))}" for f in fulls) or "-"
+    cells = [f"vs {f}: {compared_cell(valid, key(f))}" for f in fulls]
+    cells += [f"vs untagged: {versus_cell(valid, 'untagged')}"] if "vs_untagged" in valid else []
+    return "<br>".join(cells) or "-"
 
 
 def markdown(rows: list[Row]) -> str:
@@ -155,7 +157,7 @@ def markdown(rows: list[Row]) -> str:
          "the test users, with its 95% bootstrap interval and paired t-test p (`darec compare`); `-` where not computed.",
          "Switch off − on: an ablation's validation NDCG@10 minus that of the variant with the switch on (no-masking: darec;",
          "no-injection: darec and pretrained-cf; pretrained-cf-no-masking: pretrained-cf), paired over the validation users",
-         "(`darec compare --split valid`): negative where the switch helps. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
+         "(`darec compare --split valid`): negative where the switch helps; a tagged row, vs untagged: its validation NDCG@10 minus the untagged run's. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
          "(`--seed N`, with the same `--tag`); \"N seeds\": the same comparison with each user's NDCG@10 averaged over the seeds of each side."],
         ["dataset", "budget", "variant", "epochs (best)", "valid NDCG@10", "test NDCG@10", "test HR@10",
          "test NDCG@10, history excluded", "s / epoch", "vs SASRec (test)", "switch off − on (valid)"], cells)
@@ -245,6 +247,8 @@ def main() -> None:
             rows = versus(rows, run_dir, reference, "sasrec")
         for full in ABLATION_OF.get(variant, []):
             rows = versus(rows, run_dir, spec(args, full).run_dir(args.workdir), key(full), split="valid")
+        if args.tag and model != "sasrec":  # a setting tried, judged on validation against the budget's own
+            rows = versus(rows, run_dir, replace(run, tag="").run_dir(args.workdir), "untagged", split="valid")
         save_rows(args.results, rows, markdown, upgrade_run_row)
         print(f"{args.dataset} {run.name}: done", flush=True)
     pool_seeds(args)
