@@ -79,3 +79,20 @@ def test_a_compiled_darec_trains_through_it_with_the_gradients_of_sdpa(monkeypat
     with torch.no_grad():
         model.eval().score(batch.items[:, :-1], (batch.items[:, :-1] > 0).sum(1))
     assert not calls
+
+
+def test_a_masks_forms_are_built_once_and_again_when_the_mask_changes() -> None:
+    def expected(mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+
+    forms, mask = attention._MaskForms(), _block_mask(2, 6)
+    first = forms.of(mask).additive_for(torch.float32)
+    chunks = forms.of(mask).user_chunks(2)
+    assert forms.of(mask).additive_for(torch.float32) is first and forms.of(mask).user_chunks(2) is chunks  # every layer
+    assert torch.equal(first, expected(mask)) and [end for _, end, _ in chunks[1]] == [3, 6]
+    other = mask.clone()
+    other[0, 0, 5, :3] = False
+    assert torch.equal(forms.of(other).additive_for(torch.float32), expected(other))  # another mask
+    other[0, 0, 5, :] = True  # the same tensor changed in place
+    assert torch.equal(forms.of(other).additive_for(torch.float32), expected(other))
+    assert torch.equal(forms.of(other).user_chunks(2)[0][0][2], ~other[0, 0, :3, :3])

@@ -1,0 +1,110 @@
+"""One lever of DARec's CPU training path, on and off, in alternating steps of one model.
+
+On a shared machine two runs minutes apart differ by more than a small lever gains (the
+same path measured 381 and 571 tokens/s in one invocation), so a lever worth a few percent
+cannot be judged from separate runs. Here one model, built as ``llm_throughput.py`` builds
+its ``bf16-nodrop-compiled`` path (30 SmolLM2-shaped layers, random weights, ml-100k
+batches), takes training steps with the lever on and off in turn; each pair of neighbouring
+steps gives a ratio (off time over on time), and the row reports their median and how many
+pairs favour the lever. Drift on the machine falls on both halves of a pair alike.
+
+Levers (``--lever``):
+
+- ``mask-forms``: the attention's mask forms (its additive form for the flash kernel, the
+  backward's per-chunk key ends and blocked entries) built once per mask and shared by
+  every layer, against built again in each layer (``models/llm/attention.py``).
+
+    python bench/step_ab.py --lever mask-forms --pairs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+
+import llm_throughput as throughput
+from common import HERE, Row, command_line, machine, markdown_table, save_rows, versions
+from darec.data import load_dataset
+from darec.models.llm import attention
+
+RESULTS = HERE / "results" / "step_ab.json"
+
+
+@contextmanager
+def mask_forms_rebuilt() -> Iterator[None]:
+    """Every layer builds its mask forms again, as before they were shared."""
+    shared = attention._MaskForms.of
+
+    def rebuilt(self: attention._MaskForms, mask: torch.Tensor) -> attention._MaskForms:
+        self.key = ()
+        return shared(self, mask)
+
+    attention._MaskForms.of = rebuilt  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        attention._MaskForms.of = shared  # type: ignore[method-assign]
+
+
+LEVERS: dict[str, Callable[[], AbstractContextManager[None]]] = {"mask-forms": mask_forms_rebuilt}  # each: the lever off
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lever", choices=list(LEVERS), required=True)
+    parser.add_argument("--pairs", type=int, default=6, help="pairs of timed steps (one on, one off)")
+    parser.add_argument("--warmup", type=int, default=2, help="pairs first, untimed (compilation)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shape = argparse.Namespace(shape=str(throughput.SHAPE), keep_layers=0, item_tokens=12, max_len=50, batch_size=8,
+                               gradient_checkpointing=False)
+    device = torch.device("cpu")
+    data = load_dataset("ml-100k")
+    model = throughput.build(device, throughput.PATHS["bf16-nodrop-compiled"], shape, data)
+    batches = throughput.full_batches(data, shape.max_len, shape.batch_size, 2 * (args.pairs + args.warmup), device)
+    step = throughput.training_step(model, device, "bf16")
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for i, batch in enumerate(batches):
+        on = i % 2 == 0
+        with nullcontext() if on else LEVERS[args.lever]():
+            begin = time.perf_counter()
+            step(batch)
+            elapsed = time.perf_counter() - begin
+        if i >= 2 * args.warmup:
+            seconds[on].append(elapsed)
+        print(f"step {i}: lever {'on ' if on else 'off'} {elapsed:.2f} s", flush=True)
+    ratios = [off / on for on, off in zip(seconds[True], seconds[False])]
+    tokens = int((model._pack(batches[0].items[:, :-1]).item_index >= 0).sum())
+    row: Row = {"dataset": "ml-100k", "model": "darec", "variant": f"lever:{args.lever}", "protocol": "-", "split": "-",
+                "layers": len(list(model.compile_regions())), "threads": args.threads, "batch_size": shape.batch_size,
+                "tokens_per_step": tokens, "pairs": len(ratios), "seconds_on": seconds[True], "seconds_off": seconds[False],
+                "ratios_off_over_on": ratios, "median_ratio": statistics.median(ratios),
+                "pairs_favouring": sum(r > 1 for r in ratios), "machine": machine(), "versions": versions(),
+                "command": command_line()}
+    save_rows(args.results, [row], markdown)
+    print(f"{args.lever}: off/on median {row['median_ratio']:.3f} over {len(ratios)} pairs, "
+          f"{row['pairs_favouring']} favour the lever", flush=True)
+
+
+def markdown(rows: list[Row]) -> str:
+    cells = [[r["variant"].removeprefix("lever:"), str(r["layers"]), str(r["threads"]), str(r["pairs"]),
+              f"{statistics.median(r['seconds_on']):.2f}", f"{statistics.median(r['seconds_off']):.2f}",
+              f"{r['median_ratio']:.3f}", f"{r['pairs_favouring']} / {r['pairs']}"] for r in rows]
+    return markdown_table(
+        "One lever on and off in alternating training steps (generated by bench/step_ab.py from step_ab.json)",
+        ["One model (SmolLM2 shape, random weights, all layers compiled, bf16 held, darec's attention), ml-100k batches",
+         "of 8 users x 50 items x 13 tokens; neighbouring steps form a pair, the lever on in one and off in the other.",
+         "Ratio: the off step's time over the on step's (above 1: the lever helps); median over the pairs."],
+        ["lever", "layers", "threads", "pairs", "s / step, on", "s / step, off", "median off / on", "pairs favouring"],
+        cells)
+
+
+if __name__ == "__main__":
+    main()
