@@ -130,11 +130,12 @@ def kept(run_dir: Path) -> Path | None:
         return None
 
 
-def keep(run_dir: Path) -> None:
-    """Copy a finished run's results (and any per-user metrics a comparison added) to :func:`kept`."""
+def keep(run_dir: Path, weights: bool = False) -> None:
+    """Copy a finished run's results (and any per-user metrics a comparison added) to :func:`kept`,
+    with its best weights too where later runs start from them (a SASRec of ~1 MB)."""
     copy = kept(run_dir)
     if copy is not None and RunDir(run_dir).finished():
-        RunDir(run_dir).copy_results(copy)
+        RunDir(run_dir).copy_results(copy, weights=weights or RunDir(copy).best.exists())
 
 
 def finished_run(run_dir: Path) -> Path:
@@ -261,8 +262,9 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     the finished run's results are then kept (:func:`keep`).
 
     A run whose folder is gone but whose results are kept (trained on an earlier machine) is
-    not trained again: its kept rows are returned. Unless its ``weights`` are needed (a
-    SASRec that a pre-trained variant starts from): then it is trained again, with the thread
+    not trained again: its kept rows are returned. Where its ``weights`` are needed (a
+    SASRec that a pre-trained variant starts from), they are kept too, and put back with its
+    results; a run kept before weights were (2026-12-02) is trained again, with the thread
     count its epochs record where they do, and must reproduce its kept per-user test metrics,
     since rows of other runs were compared with them.
     With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
@@ -271,6 +273,11 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     copy = kept(run_dir)
     begun = RunDir(run_dir).state.exists()
     earlier = copy if not begun and copy is not None and RunDir(copy).finished() else None
+    if earlier is not None and weights and RunDir(earlier).best.exists():
+        # Its weights were kept: the run is put back as it was (trained again, on another
+        # machine, it need not reproduce: the order of sums differs).
+        RunDir(earlier).copy_results(run_dir, weights=True)
+        return _rows(run_dir, read_json(RunDir(run_dir).results), base, trained=RunDir(run_dir).metrics.exists())
     if earlier is not None and not weights:
         return _rows(earlier, read_json(RunDir(earlier).results), base, trained=RunDir(earlier).metrics.exists())
     if earlier is None and results is not None and not begun and results.exists():
@@ -297,7 +304,7 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
             raise SystemExit(f"{run_dir} was trained again for its weights but does not reproduce its kept results in "
                              f"{earlier} (test NDCG@10 {again.mean():.4f}, kept {before.mean():.4f}; a different thread "
                              "count changes the order of sums): the kept results stay; the new run is left for inspection.")
-    keep(run_dir)
+    keep(run_dir, weights=weights)
     return _rows(run_dir, rows, base, trained=trainer.optimizer is not None)
 
 

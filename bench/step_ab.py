@@ -12,7 +12,9 @@ Levers (``--lever``):
 
 - ``mask-forms``: the attention's mask forms (its additive form for the flash kernel, the
   backward's per-chunk key ends and blocked entries) built once per mask and shared by
-  every layer, against built again in each layer (``models/llm/attention.py``).
+  every layer, against built again in each layer (``models/llm/attention.py``);
+- ``forward-chunks``: the attention's forward in chunks of queries, each against only the
+  keys some of them see (``FORWARD_CHUNKS``), against one call over all of them.
 
     python bench/step_ab.py --lever mask-forms --pairs 6
 """
@@ -51,7 +53,20 @@ def mask_forms_rebuilt() -> Iterator[None]:
         attention._MaskForms.of = shared  # type: ignore[method-assign]
 
 
-LEVERS: dict[str, Callable[[], AbstractContextManager[None]]] = {"mask-forms": mask_forms_rebuilt}  # each: the lever off
+@contextmanager
+def forward_unchunked() -> Iterator[None]:
+    """The attention's forward in one call over all queries and keys, as before it was chunked."""
+    chunks = attention.FORWARD_CHUNKS
+    attention.FORWARD_CHUNKS = 1
+    try:
+        yield
+    finally:
+        attention.FORWARD_CHUNKS = chunks
+
+
+# Each lever, switched off.
+LEVERS: dict[str, Callable[[], AbstractContextManager[None]]] = {"mask-forms": mask_forms_rebuilt,
+                                                                 "forward-chunks": forward_unchunked}
 
 
 def main() -> None:

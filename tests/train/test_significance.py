@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from darec.cli import app
@@ -13,7 +14,7 @@ from darec.io import DamagedFile
 from darec.train import Trainer, build_config
 from darec.train.groups import user_groups
 from darec.train.run import load_run_dataset, read_config
-from darec.train.run import RunDir
+from darec.train.run import RunDir, load_run
 from darec.train.significance import compare_runs, paired_comparison, per_user_metrics
 
 
@@ -113,6 +114,11 @@ def test_a_copy_of_a_runs_results_compares_as_the_run_does(tmp_path: Path) -> No
     RunDir(a).per_user("valid").unlink()  # as a copy of an older run: computing it needs the weights, which it lacks
     with pytest.raises(DamagedFile, match="model.safetensors"):
         compare_runs(a, b, split="valid")
+    with_weights = RunDir(tmp_path / "a").copy_results(tmp_path / "kept-weights" / "a", weights=True).path
+    original, copy = load_run(tmp_path / "a", device="cpu"), load_run(with_weights, device="cpu")
+    history = torch.tensor([[0, 0, 1, 2, 3]])
+    with torch.no_grad():  # a run put back from such a copy scores as the run did (a pre-trained variant starts from it)
+        assert torch.equal(original.model.score(history, torch.tensor([3])), copy.model.score(history, torch.tensor([3])))
     begun = Trainer(build_config(overrides=base), tmp_path / "begun", progress=False)  # set up, never trained
     begun.release()
     with pytest.raises(InputError, match="has not finished"):

@@ -130,14 +130,16 @@ class RunDir:
     def read_per_user(self, split: str) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in load_tensors(self.per_user(split)).items()}
 
-    def copy_results(self, dest: str | Path) -> RunDir:
+    def copy_results(self, dest: str | Path, weights: bool = False) -> RunDir:
         """Copy what a finished run's results and paired comparisons read (everything but
-        weights and checkpoints) to ``dest``, the state last, as the copy's commit point."""
+        checkpoints, and the best weights only with ``weights``) to ``dest``, the state last, as
+        the copy's commit point."""
         if not self.finished():
             raise InputError(f"{self.path}: the run has not finished, so it has no final results to copy")
         copy = RunDir(dest)
         copy.path.mkdir(parents=True, exist_ok=True)
-        for source in [self.config, self.id_map, self.metrics, self.results, *sorted(self.path.glob(PER_USER.format(split="*")))]:
+        sources = [self.config, self.id_map, self.metrics, self.results, *sorted(self.path.glob(PER_USER.format(split="*")))]
+        for source in sources + ([self.best] if weights else []):
             if source.exists():
                 copy_atomic(source, copy.path / source.name)
         copy_atomic(self.state, copy.state)

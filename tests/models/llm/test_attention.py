@@ -81,18 +81,26 @@ def test_a_compiled_darec_trains_through_it_with_the_gradients_of_sdpa(monkeypat
     assert not calls
 
 
-def test_a_masks_forms_are_built_once_and_again_when_the_mask_changes() -> None:
+def test_a_masks_forms_are_built_once_and_again_when_the_mask_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention, "FORWARD_CHUNKS", 2)
+
+    def additive(forms: attention._MaskForms) -> torch.Tensor:
+        """The forward's chunks put back together, the keys past each chunk's end blocked."""
+        tokens = forms.mask.size(-1)
+        return torch.cat([F.pad(a, (0, tokens - end), value=float("-inf"))
+                          for _, end, a in forms.forward_chunks(torch.float32)], 2)
+
     def expected(mask: torch.Tensor) -> torch.Tensor:
         return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
 
     forms, mask = attention._MaskForms(), _block_mask(2, 6)
-    first = forms.of(mask).additive_for(torch.float32)
-    chunks = forms.of(mask).user_chunks(2)
-    assert forms.of(mask).additive_for(torch.float32) is first and forms.of(mask).user_chunks(2) is chunks  # every layer
-    assert torch.equal(first, expected(mask)) and [end for _, end, _ in chunks[1]] == [3, 6]
+    first, chunks = forms.of(mask).forward_chunks(torch.float32), forms.of(mask).user_chunks(2)
+    assert forms.of(mask).forward_chunks(torch.float32) is first and forms.of(mask).user_chunks(2) is chunks  # every layer
+    assert torch.equal(additive(forms), expected(mask)) and [end for _, end, _ in first] == [3, 6]
+    assert [end for _, end, _ in chunks[0]] == [3, 6]
     other = mask.clone()
     other[0, 0, 5, :3] = False
-    assert torch.equal(forms.of(other).additive_for(torch.float32), expected(other))  # another mask
+    assert torch.equal(additive(forms.of(other)), expected(other))  # another mask
     other[0, 0, 5, :] = True  # the same tensor changed in place
-    assert torch.equal(forms.of(other).additive_for(torch.float32), expected(other))
+    assert torch.equal(additive(forms.of(other)), expected(other))
     assert torch.equal(forms.of(other).user_chunks(2)[0][0][2], ~other[0, 0, :3, :3])

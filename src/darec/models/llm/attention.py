@@ -7,7 +7,8 @@ slowly: at the ``cpu-full`` shapes (8 users x 650 tokens, 9 heads of 64, bf16, o
 (``bench/results/attention_cpu.md``). No library has a faster CPU kernel
 for a masked attention's backward (FlexAttention has none on a CPU), so this module
 writes one: the forward is SDPA's own CPU flash kernel, which also returns the softmax's
-log-sum-exp; the backward recomputes the probabilities from it, one user at a time (its
+log-sum-exp, called on chunks of the queries, each against only the keys some of them see
+(1.8% of a 30-layer step, ``bench/results/step_ab.md``); the backward recomputes the probabilities from it, one user at a time (its
 score matrices stay in the cache) and each half of its queries against only the keys
 they may see, with the elementwise work fused by ``torch.compile``: forward + backward in
 0.68x SDPA's time at those shapes, the same gradients up to bf16 rounding.
@@ -27,35 +28,48 @@ import torch
 from torch import Tensor
 
 NAME = "darec_sdpa"
-QUERY_CHUNKS = 2  # tried at the cpu-full shapes: 2 beat 1 and matched 3
+QUERY_CHUNKS = 2  # the backward's, tried at the cpu-full shapes: 2 beat 1 and matched 3
+# The forward's: each chunk's queries only against the keys some of them see (a block mask:
+# about half). At the cpu-full shapes, forward only: 31 ms a layer in 4, 34 in 2, 38 in 1 (a throwaway timing).
+FORWARD_CHUNKS = 4
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _compiled_user_backward: Any = None
 
 
 class _MaskForms:
-    """What the kernels need of a boolean mask: its additive form (the flash kernel takes no
-    boolean one) and, per user and query chunk, the keys' end and the blocked entries. Every
-    layer of a step attends under the same mask, so these are built once, not 30 times: that
-    took 3.5% of a 30-layer training step. The last mask seen is kept, with a reference that
-    keeps its memory from being reused by another tensor while its address is the key."""
+    """What the kernels need of a boolean mask: for the forward, the queries in chunks, each
+    with the end of the keys any of them sees and its rows' additive mask up to there (the
+    flash kernel takes no boolean mask); for the backward, the same per user. Every layer of a
+    step attends under the same mask, so these are built once, not 30 times: that took 3% of a
+    30-layer training step (``bench/results/step_ab.md``). The last mask seen is kept, with a
+    reference that keeps its memory from being reused by another tensor while its address is
+    the key."""
 
     def __init__(self) -> None:
         self.mask: Tensor | None = None
         self.key: tuple = ()
-        self.additive: dict[torch.dtype, Tensor] = {}
+        self.forward: dict[tuple[torch.dtype, int], list[tuple[slice, int, Tensor]]] = {}
         self.chunks: list[list[tuple[slice, int, Tensor]]] = []
 
     def of(self, mask: Tensor) -> _MaskForms:
         key = (mask.data_ptr(), mask.shape, mask.stride(), mask.storage_offset(), mask._version, mask.device)
         if key != self.key:
-            self.mask, self.key, self.additive, self.chunks = mask, key, {}, []
+            self.mask, self.key, self.forward, self.chunks = mask, key, {}, []
         return self
 
-    def additive_for(self, dtype: torch.dtype) -> Tensor:
+    def forward_chunks(self, dtype: torch.dtype) -> list[tuple[slice, int, Tensor]]:
+        """The queries in ``FORWARD_CHUNKS`` chunks: rows, the end of the keys any user's
+        queries in them see, and those rows' additive mask up to that end."""
         assert self.mask is not None
-        if dtype not in self.additive:
-            self.additive[dtype] = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device).masked_fill_(~self.mask, float("-inf"))
-        return self.additive[dtype]
+        if (dtype, FORWARD_CHUNKS) not in self.forward:
+            chunks, t = [], self.mask.size(2)
+            for rows in _row_chunks(t, FORWARD_CHUNKS):
+                allowed = self.mask[:, :, rows]
+                end = int(allowed.any(2).any(1).any(0).nonzero().max()) + 1
+                additive = torch.zeros(allowed[..., :end].shape, dtype=dtype, device=self.mask.device)
+                chunks.append((rows, end, additive.masked_fill_(~allowed[..., :end], float("-inf"))))
+            self.forward[dtype, FORWARD_CHUNKS] = chunks
+        return self.forward[dtype, FORWARD_CHUNKS]
 
     def user_chunks(self, users: int) -> list[list[tuple[slice, int, Tensor]]]:
         """For each user, its query chunks: rows, the end of the keys any of them sees, and the
@@ -64,17 +78,19 @@ class _MaskForms:
         if len(self.chunks) != users:  # a mask shared by the users ([1, 1, T, T]) serves any batch
             self.chunks = []
             mask = self.mask.expand(users, *self.mask.shape[1:])
-            t = mask.size(2)
-            size = -(-t // QUERY_CHUNKS)
             for b in range(users):
                 chunks = []
-                for start in range(0, t, size):
-                    rows = slice(start, start + size)
+                for rows in _row_chunks(mask.size(2), QUERY_CHUNKS):
                     allowed = mask[b, 0, rows]
                     end = int(allowed.any(0).nonzero().max()) + 1
                     chunks.append((rows, end, ~allowed[:, :end]))
                 self.chunks.append(chunks)
         return self.chunks
+
+
+def _row_chunks(t: int, n: int) -> list[slice]:
+    size = -(-t // n)
+    return [slice(start, start + size) for start in range(0, t, size)]
 
 
 _masks = _MaskForms()
@@ -85,8 +101,9 @@ def masked_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, sc
     """``softmax(q k^T scale, where mask) v`` for ``[B, H, T, D]`` inputs and a ``[B | 1, 1, T, T]``
     boolean mask (True: may attend; every row needs one), as ``[B, T, H, D]`` (what a layer takes
     next), and the softmax's log-sum-exp ``[B, H, T]``."""
-    out, lse = _FLASH(query, key, value, attn_mask=_masks.of(mask).additive_for(query.dtype), scale=scale)
-    return out.transpose(1, 2).contiguous(), lse.contiguous()
+    parts = [_FLASH(query[:, :, rows], key[:, :, :end], value[:, :, :end], attn_mask=additive, scale=scale)
+             for rows, end, additive in _masks.of(mask).forward_chunks(query.dtype)]
+    return torch.cat([out.transpose(1, 2) for out, _ in parts], 1), torch.cat([lse for _, lse in parts], 2)
 
 
 @masked_attention.register_fake
