@@ -6,7 +6,9 @@ trial), then train three plans to convergence under the same settings: the searc
 uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
 Houlsby. Rows report validation and test NDCG@10 / HR@10, trainable parameters and the
 search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
-search's two pictures are copied beside them. Budgets as in darec_accuracy.py. Uniform LoRA
+search's two pictures are copied beside them, and its summary (plan, trials, seconds) is kept
+in bench/results/kept/, so that a later machine trains the searched plan without searching
+again. Budgets as in darec_accuracy.py. Uniform LoRA
 is darec_accuracy.py's ``darec`` variant: where that script has trained it at the same budget,
 seed and settings, its run is linked here rather than trained again.
 
@@ -25,12 +27,14 @@ from pathlib import Path
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, kept, machine,
                     main_rows, markdown_table, save_rows, search_arguments, timed_search, train_rows, upgrade_run_row,
                     versions, versus, versus_cell, with_seeds)
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
+from darec.io import copy_atomic
 from darec.search import Search, SearchConfig
+from darec.search.study import STUDY
 from darec.search.space import DEFAULT_CHOICES
 from darec.train import RunConfig, Trainer, build_config
 from darec.train.run import RunDir
@@ -136,11 +140,21 @@ def main() -> None:
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
     search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
+    kept_summary = kept(summary_file)
+    if not summary_file.exists() and not (search_dir / STUDY).exists() and kept_summary is not None and kept_summary.exists():
+        # A search finished on an earlier machine (its study went with the machine): its plan
+        # is taken as it was, not searched again.
+        summary_file.parent.mkdir(parents=True, exist_ok=True)
+        copy_atomic(kept_summary, summary_file)
+        print(f"the search's summary is the one kept in {kept_summary}: not searched again", flush=True)
     seed = [f"seed={args.seed}"] if args.seed else []
-    if "searched" in args.plans and args.seed:
+    if "searched" in args.plans and (args.seed or (summary_file.exists() and not (search_dir / STUDY).exists())):
         if not summary_file.exists():
-            raise SystemExit(f"--seed trains a searched plan again, but {summary_file} does not exist: run the search first")
+            raise SystemExit(f"--seed trains a searched plan again, but {summary_file} does not exist (nor a kept copy): "
+                             "run the search first")
         summary = yaml.safe_load(summary_file.read_text())
+        if "plan" not in summary:
+            raise SystemExit(f"the search in {summary_file} completed no trial under the parameter cap")
         search_seconds, plans = summary["seconds"], {"searched": summary["plan"], **uniform}
     elif "searched" in args.plans:
         # Uniform LoRA is the first trial: the search is measured against it at its own budget too.
@@ -151,6 +165,9 @@ def main() -> None:
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices, start_with=[lora],
                 minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir), args.search_minutes)
         search_seconds = summary["seconds"]
+        if kept_summary is not None:  # the plan outlives the machine: later sessions train it without searching again
+            kept_summary.parent.mkdir(parents=True, exist_ok=True)
+            copy_atomic(summary_file, kept_summary)
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
         plans = {"searched": summary["plan"], **uniform}
