@@ -14,7 +14,9 @@ Levers (``--lever``):
   backward's per-chunk key ends and blocked entries) built once per mask and shared by
   every layer, against built again in each layer (``models/llm/attention.py``);
 - ``forward-chunks``: the attention's forward in chunks of queries, each against only the
-  keys some of them see (``FORWARD_CHUNKS``), against one call over all of them.
+  keys some of them see (``FORWARD_CHUNKS``), against one call over all of them;
+- ``grouped-kv``: keys and values kept per key/value head (SmolLM2: 3 serving 9 query heads),
+  each one's query heads stacked as rows in the backward, against copied out per query head.
 
     python bench/step_ab.py --lever mask-forms --pairs 6
 """
@@ -64,9 +66,28 @@ def forward_unchunked() -> Iterator[None]:
         attention.FORWARD_CHUNKS = chunks
 
 
+@contextmanager
+def keys_values_repeated() -> Iterator[None]:
+    """Keys and values copied out per query head before the attention, as before it served each
+    key/value head's query heads from one copy (what transformers' SDPA attention does)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    def repeated(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs):
+        groups = getattr(module, "num_key_value_groups", 1)
+        return attention.attention_forward(module, query, repeat_kv(key, groups), repeat_kv(value, groups), *args, **kwargs)
+
+    AttentionInterface.register(attention.NAME, repeated)
+    try:
+        yield
+    finally:
+        AttentionInterface.register(attention.NAME, attention.attention_forward)
+
+
 # Each lever, switched off.
 LEVERS: dict[str, Callable[[], AbstractContextManager[None]]] = {"mask-forms": mask_forms_rebuilt,
-                                                                 "forward-chunks": forward_unchunked}
+                                                                 "forward-chunks": forward_unchunked,
+                                                                 "grouped-kv": keys_values_repeated}
 
 
 def main() -> None:

@@ -21,16 +21,21 @@ def _block_mask(batch: int, tokens: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shared_mask", [False, True])
-def test_the_masked_attention_gives_sdpas_output_and_gradients(monkeypatch: pytest.MonkeyPatch, shared_mask: bool) -> None:
+@pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention, each key/value head serving 2 query heads
+def test_the_masked_attention_gives_sdpas_output_and_gradients(monkeypatch: pytest.MonkeyPatch, shared_mask: bool,
+                                                                 kv_heads: int) -> None:
     # Eager here (the compiled backward is the same function): what is checked is the arithmetic.
     monkeypatch.setattr(attention, "_compiled_user_backward", attention._user_backward)
     torch.manual_seed(0)
     mask = _block_mask(3, 17)
     mask = mask[:1] if shared_mask else mask  # one mask for every row broadcasts, as SDPA's does
-    q, k, v = (torch.randn(3, 2, 17, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q = torch.randn(3, 4, 17, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(3, kv_heads, 17, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
     out, lse = attention.masked_attention(q, k, v, mask, 8 ** -0.5)
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert out.shape == (3, 17, 2, 8) and lse.shape == (3, 2, 17)
+    groups = 4 // kv_heads  # transformers' repeat_kv: query head h attends with key/value head h // groups
+    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
+                                              attn_mask=mask)
+    assert out.shape == (3, 17, 4, 8) and lse.shape == (3, 4, 17)
     assert torch.allclose(out, expected.transpose(1, 2), atol=1e-10)
     weights = torch.randn_like(out)
     grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
@@ -42,9 +47,11 @@ def test_the_masked_attention_gives_sdpas_output_and_gradients(monkeypatch: pyte
 def test_the_ops_fake_kernels_match_them() -> None:
     """What a compiled graph is traced with (shapes, strides) is what the ops return."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 6, 4, requires_grad=True) for _ in range(3))
-    torch.library.opcheck(attention.masked_attention, (q, k, v, _block_mask(2, 6), 0.5),
-                          test_utils=("test_schema", "test_faketensor"))
+    for kv_heads in (2, 1):  # 1: both query heads served by one key/value head
+        q = torch.randn(2, 2, 6, 4, requires_grad=True)
+        k, v = (torch.randn(2, kv_heads, 6, 4, requires_grad=True) for _ in range(2))
+        torch.library.opcheck(attention.masked_attention, (q, k, v, _block_mask(2, 6), 0.5),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("overrides", [[], ["plan=[houlsby:8, prefix:4]"], ["mask=causal"]])

@@ -11,7 +11,10 @@ log-sum-exp, called on chunks of the queries, each against only the keys some of
 (1.8% of a 30-layer step, ``bench/results/step_ab.md``); the backward recomputes the probabilities from it, one user at a time (its
 score matrices stay in the cache) and each half of its queries against only the keys
 they may see, with the elementwise work fused by ``torch.compile``: forward + backward in
-0.68x SDPA's time at those shapes, the same gradients up to bf16 rounding.
+0.68x SDPA's time at those shapes, the same gradients up to bf16 rounding. Keys and values
+stay per key/value head (grouped-query attention; SmolLM2: 3 serving 9 query heads): the
+flash kernel takes them so, and the backward stacks each one's query heads as rows, where
+SDPA's path copies them out per query head (5.9% of a 30-layer step, ``step_ab.md``).
 
 It is registered with transformers as the ``darec_sdpa`` attention: where it is not the
 faster way it is SDPA itself. It runs only inside a compiled decoder layer on a CPU
@@ -50,11 +53,12 @@ class _MaskForms:
         self.key: tuple = ()
         self.forward: dict[tuple[torch.dtype, int], list[tuple[slice, int, Tensor]]] = {}
         self.chunks: list[list[tuple[slice, int, Tensor]]] = []
+        self.chunks_of: tuple[int, int] = (0, 0)  # the users and groups they were built for
 
     def of(self, mask: Tensor) -> _MaskForms:
         key = (mask.data_ptr(), mask.shape, mask.stride(), mask.storage_offset(), mask._version, mask.device)
         if key != self.key:
-            self.mask, self.key, self.forward, self.chunks = mask, key, {}, []
+            self.mask, self.key, self.forward, self.chunks, self.chunks_of = mask, key, {}, [], (0, 0)
         return self
 
     def forward_chunks(self, dtype: torch.dtype) -> list[tuple[slice, int, Tensor]]:
@@ -71,19 +75,20 @@ class _MaskForms:
             self.forward[dtype, FORWARD_CHUNKS] = chunks
         return self.forward[dtype, FORWARD_CHUNKS]
 
-    def user_chunks(self, users: int) -> list[list[tuple[slice, int, Tensor]]]:
+    def user_chunks(self, users: int, groups: int = 1) -> list[list[tuple[slice, int, Tensor]]]:
         """For each user, its query chunks: rows, the end of the keys any of them sees, and the
-        blocked entries of those rows up to that end."""
+        blocked entries of those rows up to that end, once for each of a key/value head's
+        ``groups`` query heads (their rows stacked, as the backward stacks the queries)."""
         assert self.mask is not None
-        if len(self.chunks) != users:  # a mask shared by the users ([1, 1, T, T]) serves any batch
-            self.chunks = []
+        if self.chunks_of != (users, groups):  # a mask shared by the users ([1, 1, T, T]) serves any batch
+            self.chunks, self.chunks_of = [], (users, groups)
             mask = self.mask.expand(users, *self.mask.shape[1:])
             for b in range(users):
                 chunks = []
                 for rows in _row_chunks(mask.size(2), QUERY_CHUNKS):
                     allowed = mask[b, 0, rows]
                     end = int(allowed.any(0).nonzero().max()) + 1
-                    chunks.append((rows, end, ~allowed[:, :end]))
+                    chunks.append((rows, end, (~allowed[:, :end]).repeat(groups, 1)))
                 self.chunks.append(chunks)
         return self.chunks
 
@@ -98,7 +103,9 @@ _masks = _MaskForms()
 
 @torch.library.custom_op("darec::masked_attention", mutates_args=())
 def masked_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """``softmax(q k^T scale, where mask) v`` for ``[B, H, T, D]`` inputs and a ``[B | 1, 1, T, T]``
+    """``softmax(q k^T scale, where mask) v`` for ``[B, H, T, D]`` queries, ``[B, H_kv, T, D]`` keys
+    and values (``H_kv`` dividing ``H``: query head ``h`` attends with key/value head
+    ``h // (H / H_kv)``, as transformers' ``repeat_kv`` has it) and a ``[B | 1, 1, T, T]``
     boolean mask (True: may attend; every row needs one), as ``[B, T, H, D]`` (what a layer takes
     next), and the softmax's log-sum-exp ``[B, H, T]``."""
     parts = [_FLASH(query[:, :, rows], key[:, :, :end], value[:, :, :end], attn_mask=additive, scale=scale)
@@ -133,17 +140,27 @@ def masked_attention_backward(dout: Tensor, query: Tensor, key: Tensor, value: T
     wide = torch.promote_types(query.dtype, torch.float32)
     dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
     dout, out = dout.transpose(1, 2), out.transpose(1, 2)  # [B, H, T, D], as the inputs
+    kv_heads = key.size(1)
+    groups = query.size(1) // kv_heads  # query heads a key/value head serves (grouped-query attention)
+
+    def stacked(t: Tensor, b: int, rows: slice) -> Tensor:
+        """A user's rows of each key/value head's query heads, stacked: ``[H_kv, groups x rows, ...]``."""
+        return t[b, :, rows].reshape(kv_heads, -1, *t.shape[3:])
+
     # Everything per user, the whole-batch passes (delta, fp32 sums, casts) included: a user's
     # tensors stay in the cache (whole-batch, those passes took a quarter of the time).
-    for b, chunks in enumerate(_masks.of(mask).user_chunks(query.size(0))):
+    for b, chunks in enumerate(_masks.of(mask).user_chunks(query.size(0), groups)):
         dk_user = torch.zeros(key.shape[1:], dtype=wide)  # summed over the query chunks
         dv_user = torch.zeros(value.shape[1:], dtype=wide)
         # The queries in halves: the first half's keys end where the furthest any of them sees
         # ends (a causal or block mask: about half the keys), so a quarter of the work is skipped.
+        # A key/value head's query heads go in one call, stacked as rows: no copies of the keys and
+        # values per query head, and larger matmuls.
         for rows, end, blocked in chunks:
-            dq[b, :, rows], dk_part, dv_part = _compiled_user_backward(
-                query[b, :, rows], key[b, :, :end], value[b, :, :end], dout[b, :, rows], out[b, :, rows], lse[b, :, rows],
-                blocked, scale)
+            dq_part, dk_part, dv_part = _compiled_user_backward(
+                stacked(query, b, rows), key[b, :, :end], value[b, :, :end], stacked(dout, b, rows), stacked(out, b, rows),
+                stacked(lse, b, rows), blocked, scale)
+            dq[b, :, rows] = dq_part.reshape(query.size(1), -1, query.size(-1))
             dk_user[:, :end] += dk_part
             dv_user[:, :end] += dv_part
         dk[b], dv[b] = dk_user, dv_user
@@ -174,7 +191,7 @@ masked_attention.register_autograd(_backward, setup_context=_setup_context)
 def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                       dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:
     """transformers' attention interface: ``[B, H, T, D]`` in, ``[B, T, H, D]`` out."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     ours = (torch.compiler.is_compiling() and query.device.type == "cpu" and torch.is_grad_enabled()
             and any(t.requires_grad for t in (query, key, value)) and isinstance(attention_mask, Tensor)
@@ -183,10 +200,11 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     if not ours:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
     # A custom op is not autocast: cast as autocast casts SDPA (adapters may leave some inputs fp32).
+    # Keys and values stay per key/value head (grouped-query attention): the op serves each one's
+    # query heads from them, without copying them out per query head.
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
-    query, key, value = (t.to(dtype) for t in (query, repeat_kv(key, groups), repeat_kv(value, groups)))
+    query, key, value = (t.to(dtype) for t in (query, key, value))
     scale = scaling if scaling is not None else query.size(-1) ** -0.5
     out, _ = masked_attention(query, key, value, attention_mask, scale)
     return out, None
