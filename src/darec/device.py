@@ -127,8 +127,8 @@ def apply_compile(model: nn.Module, device: torch.device, setting: str) -> bool:
     every layer shares one compilation, about 20 s on a CPU. ``auto``: on for a pretrained
     backbone of at least 10M parameters on a CPU or CUDA device where compiling works (probed
     once); ``on``: always; ``off``: never. Returns whether it compiled. (DARec at 30 SmolLM2
-    layers on a CPU, over the same path eager: training 2.0x with darec's attention, scoring
-    1.7x in the latest run, 2.4x and 1.9x in the one before; bench/results/llm_throughput.md.)"""
+    layers on a CPU, over the same path eager: training 1.9x with darec's attention, scoring
+    1.6x in the latest run, 2.4x and 1.9x on an earlier machine; bench/results/llm_throughput.md.)"""
     regions = list(getattr(model, "compile_regions", list)())
     if setting == "off" or not regions:
         return False
