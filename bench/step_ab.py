@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=6, help="pairs of timed steps (one on, one off)")
     parser.add_argument("--warmup", type=int, default=2, help="pairs first, untimed (compilation)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--results", default=RESULTS)
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = argparse.Namespace(shape=str(throughput.SHAPE), keep_layers=0, item_tokens=12, max_len=50, batch_size=8,
