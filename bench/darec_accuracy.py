@@ -30,8 +30,9 @@ seeds; ``--compare-only`` redoes the comparisons on rows already written. With `
 A finished run's results are kept in bench/results/kept/ (see common.keep) and read from
 there on a machine without its folder; a ``sasrec-same-data`` run that the pre-trained
 variants start from keeps its weights too (about 1 MB), and is put back from them rather
-than trained again (trained again on another machine it need not reproduce). A run from before results were kept, whose folder is
-gone, is refused rather than silently replaced; ``--retrain`` trains it again, replacing its rows.
+than trained again (trained again on another machine it need not reproduce). A run from
+before results were kept, whose folder is gone, is refused rather than silently replaced;
+``--retrain`` trains it again, replacing its rows.
 
     taskset -c 0 python bench/darec_accuracy.py --dataset ml-100k --threads 1
     taskset -c 1 python bench/darec_accuracy.py --dataset scientific --variants sasrec darec --threads 1

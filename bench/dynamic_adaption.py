@@ -140,15 +140,15 @@ def main() -> None:
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
     search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
-    kept_summary = kept(summary_file)
-    if not summary_file.exists() and not (search_dir / STUDY).exists() and kept_summary is not None and kept_summary.exists():
+    kept_summary, study = kept(summary_file), (search_dir / STUDY).exists()
+    if not summary_file.exists() and not study and kept_summary is not None and kept_summary.exists():
         # A search finished on an earlier machine (its study went with the machine): its plan
         # is taken as it was, not searched again.
         summary_file.parent.mkdir(parents=True, exist_ok=True)
         copy_atomic(kept_summary, summary_file)
         print(f"the search's summary is the one kept in {kept_summary}: not searched again", flush=True)
     seed = [f"seed={args.seed}"] if args.seed else []
-    if "searched" in args.plans and (args.seed or (summary_file.exists() and not (search_dir / STUDY).exists())):
+    if "searched" in args.plans and (args.seed or (summary_file.exists() and not study)):
         if not summary_file.exists():
             raise SystemExit(f"--seed trains a searched plan again, but {summary_file} does not exist (nor a kept copy): "
                              "run the search first")

@@ -71,7 +71,7 @@ class _MaskForms:
             chunks, t = [], self.mask.size(2)
             for rows in _row_chunks(t, FORWARD_CHUNKS):
                 allowed = self.mask[:, :, rows]
-                end = int(allowed.any(2).any(1).any(0).nonzero().max()) + 1
+                end = _keys_end(allowed)
                 additive = torch.zeros(allowed[..., :end].shape, dtype=dtype, device=self.mask.device)
                 chunks.append((rows, end, additive.masked_fill_(~allowed[..., :end], float("-inf"))))
             self.forward[dtype, FORWARD_CHUNKS] = chunks
@@ -89,10 +89,15 @@ class _MaskForms:
                 chunks = []
                 for rows in _row_chunks(mask.size(2), QUERY_CHUNKS):
                     allowed = mask[b, 0, rows]
-                    end = int(allowed.any(0).nonzero().max()) + 1
+                    end = _keys_end(allowed)
                     chunks.append((rows, end, (~allowed[:, :end]).repeat(groups, 1)))
                 self.chunks.append(chunks)
         return self.chunks
+
+
+def _keys_end(allowed: Tensor) -> int:
+    """One past the last key that any row of ``allowed`` (``[..., rows, keys]``) may see."""
+    return int(allowed.flatten(0, -2).any(0).nonzero().max()) + 1
 
 
 def _row_chunks(t: int, n: int) -> list[slice]:
