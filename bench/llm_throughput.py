@@ -250,7 +250,7 @@ def markdown(rows: list[Row]) -> str:
          "(addmm, run as -compiled then): slower, so removed (git 666c249). Their MFU is unreliable: the matmul rate beside",
          "them varied 0.46 to 0.71. Rows @fold-ab: one run on 2026-12-02, nothing else running, another machine (so",
          "their own fp32 baseline): -folded, LoRA folded into the frozen GEMM's inner dimension ([x, Ax] [W, sB]^T, a",
-         "peft custom module): no gain (619 against 629; alternating steps in one process, 11 pairs: median 1.03x), removed."],
+         "peft custom module): no gain (619 against 629), removed."],
         ["device", "path", "task", "attention", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
          "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
 

@@ -1,7 +1,8 @@
 """One lever of DARec's CPU training path, on and off, in alternating steps of one model.
 
-On a shared machine two runs minutes apart differ by more than a small lever gains (the
-same path measured 381 and 571 tokens/s in one invocation), so a lever worth a few percent
+On a shared machine two runs minutes apart differ by more than a small lever gains (in
+``llm_throughput.md``, scoring on the same path went from 4.07x to 3.58x between two runs an
+hour apart), so a lever worth a few percent
 cannot be judged from separate runs. Here one model, built as ``llm_throughput.py`` builds
 its ``bf16-nodrop-compiled`` path (30 SmolLM2-shaped layers, random weights, ml-100k
 batches), takes training steps with the lever on and off in turn; each pair of neighbouring

@@ -32,10 +32,10 @@ from torch import Tensor
 
 NAME = "darec_sdpa"
 # The backward's, at the cpu-full shapes: 2 beat 1 and matched 3; with the query heads stacked
-# (grouped-query), 3 took 2% longer a step (alternating steps of one model, a throwaway A/B).
+# (grouped-query), 3 was slower again (a throwaway A/B in alternating steps, no figures kept).
 QUERY_CHUNKS = 2
 # The forward's: each chunk's queries only against the keys some of them see (a block mask:
-# about half). At the cpu-full shapes, forward only: 31 ms a layer in 4, 34 in 2, 38 in 1 (a throwaway timing).
+# about half). 4 chunks: 1.8% of a 30-layer step (bench/results/step_ab.md, forward-chunks).
 FORWARD_CHUNKS = 4
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _compiled_user_backward: Any = None
