@@ -17,7 +17,10 @@ Levers (``--lever``):
 - ``forward-chunks``: the attention's forward in chunks of queries, each against only the
   keys some of them see (``FORWARD_CHUNKS``), against one call over all of them;
 - ``grouped-kv``: keys and values kept per key/value head (SmolLM2: 3 serving 9 query heads),
-  each one's query heads stacked as rows in the backward, against copied out per query head.
+  each one's query heads stacked as rows in the backward, against copied out per query head;
+- ``additive-backward``: the backward's mask added to the scores (0 or -inf) before the
+  exponential, against the blocked entries zeroed with the boolean mask after it
+  (``masked_fill``, which the compiled kernel does slowly).
 
     python bench/step_ab.py --lever mask-forms --pairs 6
 """
@@ -25,6 +28,7 @@ Levers (``--lever``):
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -86,10 +90,46 @@ def keys_values_repeated() -> Iterator[None]:
         AttentionInterface.register(attention.NAME, attention.attention_forward)
 
 
+def _user_backward_boolean(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, out: torch.Tensor,
+                           lse: torch.Tensor, blocked: torch.Tensor, scale: float):
+    """attention._user_backward as it was: the blocked entries zeroed after the exponential."""
+    wide = torch.promote_types(q.dtype, torch.float32)
+    delta = (dout.to(wide) * out.to(wide)).sum(-1, keepdim=True)
+    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)).to(wide) * scale - lse[..., None]).masked_fill(blocked, 0)
+    dv = torch.matmul(p.to(q.dtype).transpose(-1, -2), dout)
+    ds = (p * (torch.matmul(dout, v.transpose(-1, -2)).to(wide) - delta) * scale).to(q.dtype)
+    return torch.matmul(ds, k), torch.matmul(ds.transpose(-1, -2), q).to(wide), dv.to(wide)
+
+
+@contextmanager
+def backward_boolean() -> Iterator[None]:
+    """The backward takes its mask as boolean blocked entries (built once per mask, as the additive
+    one is) and zeroes them with ``masked_fill``, as before it added the mask."""
+    additive_chunks, compiled = attention._MaskForms.user_chunks, attention._compiled_user_backward
+    last: list = [None, None]  # the additive chunks (held, so their id is not reused) and their boolean form
+
+    def blocked_chunks(self: attention._MaskForms, *args, **kwargs):
+        chunks = additive_chunks(self, *args, **kwargs)
+        if last[0] is not chunks:
+            last[:] = chunks, [[(rows, end, a.isinf()) for rows, end, a in user] for user in chunks]
+        return last[1]
+
+    attention._MaskForms.user_chunks = blocked_chunks  # type: ignore[method-assign]
+    attention._compiled_user_backward = _compiled_boolean()
+    try:
+        yield
+    finally:
+        attention._MaskForms.user_chunks, attention._compiled_user_backward = additive_chunks, compiled  # type: ignore[method-assign]
+
+
+_compiled_boolean = functools.cache(lambda: torch.compile(_user_backward_boolean))
+
+
 # Each lever, switched off.
 LEVERS: dict[str, Callable[[], AbstractContextManager[None]]] = {"mask-forms": mask_forms_rebuilt,
                                                                  "forward-chunks": forward_unchunked,
-                                                                 "grouped-kv": keys_values_repeated}
+                                                                 "grouped-kv": keys_values_repeated,
+                                                                 "additive-backward": backward_boolean}
 
 
 def main() -> None:
@@ -99,6 +139,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="pairs first, untimed (compilation)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--alongside", default="nothing", help="what else ran on the machine meanwhile (for the table)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = argparse.Namespace(shape=str(throughput.SHAPE), keep_layers=0, item_tokens=12, max_len=50, batch_size=8,
@@ -124,7 +165,7 @@ def main() -> None:
                 "layers": len(list(model.compile_regions())), "threads": args.threads, "batch_size": shape.batch_size,
                 "tokens_per_step": tokens, "pairs": len(ratios), "seconds_on": seconds[True], "seconds_off": seconds[False],
                 "ratios_off_over_on": ratios, "median_ratio": statistics.median(ratios),
-                "pairs_favouring": sum(r > 1 for r in ratios), "machine": machine(), "versions": versions(),
+                "pairs_favouring": sum(r > 1 for r in ratios), "alongside": args.alongside, "machine": machine(), "versions": versions(),
                 "command": command_line()}
     save_rows(args.results, [row], markdown)
     print(f"{args.lever}: off/on median {row['median_ratio']:.3f} over {len(ratios)} pairs, "
@@ -134,13 +175,15 @@ def main() -> None:
 def markdown(rows: list[Row]) -> str:
     cells = [[r["variant"].removeprefix("lever:"), str(r["layers"]), str(r["threads"]), str(r["pairs"]),
               f"{statistics.median(r['seconds_on']):.2f}", f"{statistics.median(r['seconds_off']):.2f}",
-              f"{r['median_ratio']:.3f}", f"{r['pairs_favouring']} / {r['pairs']}"] for r in rows]
+              f"{r['median_ratio']:.3f}", f"{r['pairs_favouring']} / {r['pairs']}", r.get("alongside", "not recorded")]
+             for r in rows]
     return markdown_table(
         "One lever on and off in alternating training steps (generated by bench/step_ab.py from step_ab.json)",
         ["One model (SmolLM2 shape, random weights, all layers compiled, bf16 held, darec's attention), ml-100k batches",
          "of 8 users x 50 items x 13 tokens; neighbouring steps form a pair, the lever on in one and off in the other.",
          "Ratio: the off step's time over the on step's (above 1: the lever helps); median over the pairs."],
-        ["lever", "layers", "threads", "pairs", "s / step, on", "s / step, off", "median off / on", "pairs favouring"],
+        ["lever", "layers", "threads", "pairs", "s / step, on", "s / step, off", "median off / on", "pairs favouring",
+         "running alongside"],
         cells)
 
 

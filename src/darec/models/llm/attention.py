@@ -10,7 +10,8 @@ writes one: the forward is SDPA's own CPU flash kernel, which also returns the s
 log-sum-exp, called on chunks of the queries, each against only the keys some of them see
 (1.8% of a 30-layer step, ``bench/results/step_ab.md``); the backward recomputes the probabilities from it, one user at a time (its
 score matrices stay in the cache) and each half of its queries against only the keys
-they may see, with the elementwise work fused by ``torch.compile``: forward + backward in
+they may see, the mask added to the scores (a boolean one, 5% of a step slower:
+``step_ab.md``), with the elementwise work fused by ``torch.compile``: forward + backward in
 0.68x SDPA's time at those shapes, the same gradients up to bf16 rounding. Keys and values
 stay per key/value head (grouped-query attention; SmolLM2: 3 serving 9 query heads): the
 flash kernel takes them so, and the backward stacks each one's query heads as rows, where
@@ -55,12 +56,12 @@ class _MaskForms:
         self.key: tuple = ()
         self.forward: dict[tuple[torch.dtype, int], list[tuple[slice, int, Tensor]]] = {}
         self.chunks: list[list[tuple[slice, int, Tensor]]] = []
-        self.chunks_of: tuple[int, int] = (0, 0)  # the users and groups they were built for
+        self.chunks_of: tuple[int, int, torch.dtype | None] = (0, 0, None)  # the users, groups and dtype built for
 
     def of(self, mask: Tensor) -> _MaskForms:
         key = (mask.data_ptr(), mask.shape, mask.stride(), mask.storage_offset(), mask._version, mask.device)
         if key != self.key:
-            self.mask, self.key, self.forward, self.chunks, self.chunks_of = mask, key, {}, [], (0, 0)
+            self.mask, self.key, self.forward, self.chunks, self.chunks_of = mask, key, {}, [], (0, 0, None)
         return self
 
     def forward_chunks(self, dtype: torch.dtype) -> list[tuple[slice, int, Tensor]]:
@@ -70,27 +71,27 @@ class _MaskForms:
         if (dtype, FORWARD_CHUNKS) not in self.forward:
             chunks, t = [], self.mask.size(2)
             for rows in _row_chunks(t, FORWARD_CHUNKS):
-                allowed = self.mask[:, :, rows]
-                end = _keys_end(allowed)
-                additive = torch.zeros(allowed[..., :end].shape, dtype=dtype, device=self.mask.device)
-                chunks.append((rows, end, additive.masked_fill_(~allowed[..., :end], float("-inf"))))
+                end = _keys_end(self.mask[:, :, rows])
+                chunks.append((rows, end, _additive(self.mask[:, :, rows, :end], dtype)))
             self.forward[dtype, FORWARD_CHUNKS] = chunks
         return self.forward[dtype, FORWARD_CHUNKS]
 
-    def user_chunks(self, users: int, groups: int = 1) -> list[list[tuple[slice, int, Tensor]]]:
-        """For each user, its query chunks: rows, the end of the keys any of them sees, and the
-        blocked entries of those rows up to that end, once for each of a key/value head's
-        ``groups`` query heads (their rows stacked, as the backward stacks the queries)."""
+    def user_chunks(self, users: int, groups: int = 1, dtype: torch.dtype = torch.float32
+                    ) -> list[list[tuple[slice, int, Tensor]]]:
+        """For each user, its query chunks: rows, the end of the keys any of them sees, and
+        those rows' additive mask up to that end (0 or -inf), once for each of a key/value
+        head's ``groups`` query heads (their rows stacked, as the backward stacks the queries).
+        Additive, not boolean: the compiled backward selects with a boolean mask slowly (a
+        third of its time at the cpu-full shapes) and adds fast."""
         assert self.mask is not None
-        if self.chunks_of != (users, groups):  # a mask shared by the users ([1, 1, T, T]) serves any batch
-            self.chunks, self.chunks_of = [], (users, groups)
+        if self.chunks_of != (users, groups, dtype):  # a mask shared by the users ([1, 1, T, T]) serves any batch
+            self.chunks, self.chunks_of = [], (users, groups, dtype)
             mask = self.mask.expand(users, *self.mask.shape[1:])
             for b in range(users):
                 chunks = []
                 for rows in _row_chunks(mask.size(2), QUERY_CHUNKS):
-                    allowed = mask[b, 0, rows]
-                    end = _keys_end(allowed)
-                    chunks.append((rows, end, (~allowed[:, :end]).repeat(groups, 1)))
+                    end = _keys_end(mask[b, 0, rows])
+                    chunks.append((rows, end, _additive(mask[b, 0, rows, :end], dtype).repeat(groups, 1)))
                 self.chunks.append(chunks)
         return self.chunks
 
@@ -98,6 +99,11 @@ class _MaskForms:
 def _keys_end(allowed: Tensor) -> int:
     """One past the last key that any row of ``allowed`` (``[..., rows, keys]``) may see."""
     return int(allowed.flatten(0, -2).any(0).nonzero().max()) + 1
+
+
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask as the additive one: 0 where allowed, -inf elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 def _row_chunks(t: int, n: int) -> list[slice]:
@@ -126,13 +132,14 @@ def _(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, scale: float) -> 
     return query.new_empty(b, t, h, value.size(-1)), query.new_empty(b, h, t, dtype=torch.float32)
 
 
-def _user_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, out: Tensor, lse: Tensor, blocked: Tensor,
+def _user_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, out: Tensor, lse: Tensor, additive: Tensor,
                    scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """One user's gradients (``[H, T, D]`` inputs): the probabilities recomputed from the
-    log-sum-exp; ``dk``, ``dv`` in fp32, to be summed over the query chunks."""
+    log-sum-exp, the additive mask's -inf giving 0; ``dk``, ``dv`` in fp32, to be summed over
+    the query chunks."""
     wide = torch.promote_types(q.dtype, torch.float32)  # bf16 inputs: the softmax's arithmetic in fp32
     delta = (dout.to(wide) * out.to(wide)).sum(-1, keepdim=True)  # rowsum(dO * O), as flash attention's backward has it
-    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)).to(wide) * scale - lse[..., None]).masked_fill(blocked, 0)
+    p = torch.exp(torch.matmul(q, k.transpose(-1, -2)).to(wide) * scale - lse[..., None] + additive)
     dv = torch.matmul(p.to(q.dtype).transpose(-1, -2), dout)
     ds = (p * (torch.matmul(dout, v.transpose(-1, -2)).to(wide) - delta) * scale).to(q.dtype)
     return torch.matmul(ds, k), torch.matmul(ds.transpose(-1, -2), q).to(wide), dv.to(wide)
@@ -156,17 +163,17 @@ def masked_attention_backward(dout: Tensor, query: Tensor, key: Tensor, value: T
 
     # Everything per user, the whole-batch passes (delta, fp32 sums, casts) included: a user's
     # tensors stay in the cache (whole-batch, those passes took a quarter of the time).
-    for b, chunks in enumerate(_masks.of(mask).user_chunks(query.size(0), groups)):
+    for b, chunks in enumerate(_masks.of(mask).user_chunks(query.size(0), groups, query.dtype)):
         dk_user = torch.zeros(key.shape[1:], dtype=wide)  # summed over the query chunks
         dv_user = torch.zeros(value.shape[1:], dtype=wide)
         # The queries in halves: the first half's keys end where the furthest any of them sees
         # ends (a causal or block mask: about half the keys), so a quarter of the work is skipped.
         # A key/value head's query heads go in one call, stacked as rows: no copies of the keys and
         # values per query head, and larger matmuls.
-        for rows, end, blocked in chunks:
+        for rows, end, additive in chunks:
             dq_part, dk_part, dv_part = _compiled_user_backward(
                 stacked(query, b, rows), key[b, :, :end], value[b, :, :end], stacked(dout, b, rows), stacked(out, b, rows),
-                stacked(lse, b, rows), blocked, scale)
+                stacked(lse, b, rows), additive, scale)
             dq[b, :, rows] = dq_part.reshape(query.size(1), -1, query.size(-1))
             dk_user[:, :end] += dk_part
             dv_user[:, :end] += dv_part
