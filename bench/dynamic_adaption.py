@@ -14,6 +14,13 @@ seed and settings, its run is linked here rather than trained again.
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget gpu --trials 30 --search-steps 300
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
+
+At ``cpu-full`` a search fills most of a session on its own (its summary is kept), and each
+plan trains in a session of its own:
+
+    python bench/dynamic_adaption.py --dataset ml-100k --budget cpu-full --trials 8 --search-steps 60 \
+        --search-minutes 50 --threads 2 --search-only
+    python bench/dynamic_adaption.py --dataset ml-100k --budget cpu-full --plans searched --threads 2
 """
 
 from __future__ import annotations
@@ -111,6 +118,9 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
+    parser.add_argument("--search-only", action="store_true",
+                        help="search (or resume the search) and keep its summary, then stop: a cpu-full search fills most "
+                        "of a session, and the plans train in the next")
     parser.add_argument("--tag", default="", help="name a second search with other search settings: its search, run and "
                         "row become search@TAG and searched@TAG, beside the first; with --set (other training settings) the "
                         "uniform plans' runs are NAME@TAG too")
@@ -148,6 +158,8 @@ def main() -> None:
         copy_atomic(kept_summary, summary_file)
         print(f"the search's summary is the one kept in {kept_summary}: not searched again", flush=True)
     seed = [f"seed={args.seed}"] if args.seed else []
+    if args.search_only and (args.seed or "searched" not in args.plans):
+        raise SystemExit("--search-only searches: it takes neither --seed nor --plans without 'searched'")
     if "searched" in args.plans and (args.seed or (summary_file.exists() and not study)):
         if not summary_file.exists():
             raise SystemExit(f"--seed trains a searched plan again, but {summary_file} does not exist (nor a kept copy): "
@@ -174,6 +186,10 @@ def main() -> None:
         for picture in ("progress.png", "plans.png"):  # kept beside the results: the search as people would look at it
             shutil.copyfile(search_dir / picture,
                             args.results.parent / f"dynamic_adaption-{args.dataset}-{args.budget}{suffix}-{picture}")
+    if args.search_only:
+        print(f"{args.dataset}: searched plan {describe_plan(plans['searched'])} ({summary_file}); --search-only: "
+              "nothing trained", flush=True)
+        return
     specs = {name: RunSpec(args.dataset, name, args.budget, tag_of(name, args), args.seed) for name in plans}
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*base_overrides, *seed, f"plan={plan}"]
