@@ -21,10 +21,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from darec.io import atomic_write_json, atomic_write_text, read_json
+from darec.io import atomic_write_json, atomic_write_text, copy_atomic, read_json
 from darec.config import override_name
 from darec.search import Search
-from darec.search.study import STUDY
+from darec.search.study import SETTINGS, STUDY
 from darec.train import Trainer, build_config
 from darec.train.config import TrainConfig, config_keys
 from darec.train.run import RunDir, load_run
@@ -348,12 +348,33 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-minutes", type=float, default=0, help="start no new trial after this many minutes")
     parser.add_argument("--search-valid-users", type=int, default=0,
                         help="score search trials on a fixed sample of this many validation users (0 = all)")
+    parser.add_argument("--search-only", action="store_true",
+                        help="search (or resume the search) and keep it, then stop: at cpu-full a search fills most of a "
+                        "session, and it resumes, or its plan trains, in the next")
+
+
+def _search_files(search_dir: Path, summary_file: Path) -> list[Path]:
+    """What is kept of a search (a few hundred KB): its summary, and the optuna study and settings
+    it resumes from (trial folders matter only to a trial under way)."""
+    return [summary_file, search_dir / STUDY, search_dir / SETTINGS]
+
+
+def restore_search(search_dir: Path, summary_file: Path) -> None:
+    """Put back what :func:`timed_search` kept of a search run on an earlier machine, where this
+    one lacks it: a search with its study kept resumes; one with only its summary kept (from
+    before studies were kept) gives its plan as it was."""
+    for path in _search_files(search_dir, summary_file):
+        copy = kept(path)
+        if not path.exists() and copy is not None and copy.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            copy_atomic(copy, path)
 
 
 def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search], minutes: float) -> dict[str, Any]:
     """Run (or resume) the plan search in ``search_dir``, ``new()`` making it the first time;
     return its summary with ``seconds``: its wall time over every invocation (kept in
-    ``summary_file``, which also records the summary)."""
+    ``summary_file``, which also records the summary). The summary and the study are kept (see
+    :func:`kept`): a search can span sessions on machines that do not outlive them."""
     import yaml
 
     earlier = yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0
@@ -365,5 +386,10 @@ def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search]
     else:
         summary = new().run()
     summary = {**summary, "seconds": earlier + time.perf_counter() - start}
-    summary_file.write_text(yaml.safe_dump(summary))
+    atomic_write_text(summary_file, yaml.safe_dump(summary))
+    for path in _search_files(search_dir, summary_file):
+        copy = kept(path)
+        if copy is not None:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy_atomic(path, copy)
     return summary

@@ -6,17 +6,17 @@ trial), then train three plans to convergence under the same settings: the searc
 uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
 Houlsby. Rows report validation and test NDCG@10 / HR@10, trainable parameters and the
 search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
-search's two pictures are copied beside them, and its summary (plan, trials, seconds) is kept
-in bench/results/kept/, so that a later machine trains the searched plan without searching
-again. Budgets as in darec_accuracy.py. Uniform LoRA
+search's two pictures are copied beside them, and its summary (plan, trials, seconds) and
+optuna study are kept in bench/results/kept/, so that a later machine resumes the search, or
+trains its plan, without searching again. Budgets as in darec_accuracy.py. Uniform LoRA
 is darec_accuracy.py's ``darec`` variant: where that script has trained it at the same budget,
 seed and settings, its run is linked here rather than trained again.
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget gpu --trials 30 --search-steps 300
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
 
-At ``cpu-full`` a search fills most of a session on its own (its summary is kept), and each
-plan trains in a session of its own:
+At ``cpu-full`` a search fills most of a session on its own (``--search-only``; the same command
+resumes it in the next session), and each plan trains in a session of its own:
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu-full --trials 8 --search-steps 60 \
         --search-minutes 50 --threads 2 --search-only
@@ -34,12 +34,11 @@ from pathlib import Path
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, kept, machine,
-                    main_rows, markdown_table, save_rows, search_arguments, timed_search, train_rows, upgrade_run_row,
-                    versions, versus, versus_cell, with_seeds)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
+                    main_rows, markdown_table, restore_search, save_rows, search_arguments, timed_search, train_rows,
+                    upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
-from darec.io import copy_atomic
 from darec.search import Search, SearchConfig
 from darec.search.study import STUDY
 from darec.search.space import DEFAULT_CHOICES
@@ -118,9 +117,6 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
-    parser.add_argument("--search-only", action="store_true",
-                        help="search (or resume the search) and keep its summary, then stop: a cpu-full search fills most "
-                        "of a session, and the plans train in the next")
     parser.add_argument("--tag", default="", help="name a second search with other search settings: its search, run and "
                         "row become search@TAG and searched@TAG, beside the first; with --set (other training settings) the "
                         "uniform plans' runs are NAME@TAG too")
@@ -150,13 +146,8 @@ def main() -> None:
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
     search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
-    kept_summary, study = kept(summary_file), (search_dir / STUDY).exists()
-    if not summary_file.exists() and not study and kept_summary is not None and kept_summary.exists():
-        # A search finished on an earlier machine (its study went with the machine): its plan
-        # is taken as it was, not searched again.
-        summary_file.parent.mkdir(parents=True, exist_ok=True)
-        copy_atomic(kept_summary, summary_file)
-        print(f"the search's summary is the one kept in {kept_summary}: not searched again", flush=True)
+    restore_search(search_dir, summary_file)  # a search begun on an earlier machine
+    study = (search_dir / STUDY).exists()
     seed = [f"seed={args.seed}"] if args.seed else []
     if args.search_only and (args.seed or "searched" not in args.plans):
         raise SystemExit("--search-only searches: it takes neither --seed nor --plans without 'searched'")
@@ -177,9 +168,6 @@ def main() -> None:
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices, start_with=[lora],
                 minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir), args.search_minutes)
         search_seconds = summary["seconds"]
-        if kept_summary is not None:  # the plan outlives the machine: later sessions train it without searching again
-            kept_summary.parent.mkdir(parents=True, exist_ok=True)
-            copy_atomic(summary_file, kept_summary)
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
         plans = {"searched": summary["plan"], **uniform}

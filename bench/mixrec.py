@@ -11,6 +11,11 @@ in their own folders (run them first; a comparison whose run has not finished is
 * ``uniform_lora`` and ``darec`` (the searched DARec plan): dynamic_adaption.py;
 * ``sasrec`` (SASRec on the same data): darec_accuracy.py --variants sasrec-same-data.
 
+The search's summary and optuna study are kept in bench/results/kept/ (as each finished run's
+results are): at ``cpu-full`` a search fills a session (``--search-only``, with
+``--search-minutes``), the same command resumes it on the next machine, and the plan then
+trains in a session of its own.
+
 With runs under more seeds (``--seed N``, every script), the first row also carries each
 comparison with each user's NDCG@10 averaged over the seeds (``vs_NAME_seeds``). The
 expert-usage heatmap of the first seed's run is copied beside the results.
@@ -41,12 +46,13 @@ import yaml
 
 from budgets import BUDGETS
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
-                    markdown_table, save_rows, main_rows, search_arguments, timed_search, train_rows, upgrade_run_row,
-                    versions, versus, versus_cell, with_seeds)
+                    markdown_table, restore_search, save_rows, main_rows, search_arguments, timed_search, train_rows,
+                    upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from dynamic_adaption import trainable
 from darec.models.llm.adapters import describe_plan
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
+from darec.search.study import STUDY
 from darec.train import build_config
 from darec.train.run import RunDir
 
@@ -135,9 +141,13 @@ def main() -> None:
     work = args.workdir / args.dataset / args.budget
     suffix = f"@{args.tag}" if args.tag else ""
     search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
-    if args.seed:
+    restore_search(search_dir, summary_file)  # a search begun on an earlier machine
+    if args.search_only and args.seed:
+        raise SystemExit("--search-only searches: it takes no --seed")
+    if args.seed or (summary_file.exists() and not (search_dir / STUDY).exists()):
         if not summary_file.exists():
-            raise SystemExit(f"--seed trains the searched plan again, but {summary_file} does not exist: run the search first")
+            raise SystemExit(f"--seed trains the searched plan again, but {summary_file} does not exist (nor a kept copy): "
+                             "run the search first")
         summary = yaml.safe_load(summary_file.read_text())
     else:
         model = build_config(overrides=["model=darec", *base]).model
@@ -152,6 +162,10 @@ def main() -> None:
             raise SystemExit("the search completed no trial under the parameter cap")
         for picture in ("progress.png", "plans.png"):
             shutil.copyfile(search_dir / picture, args.results.parent / f"mixrec-{args.dataset}-{args.budget}{suffix}-{picture}")
+    if args.search_only:
+        print(f"{args.dataset}: searched plan {describe_plan(summary['plan'])} ({summary_file}); --search-only: "
+              "nothing trained", flush=True)
+        return
     plan = summary["plan"]
     run = RunSpec(args.dataset, "searched-mixrec", args.budget, args.tag, args.seed)
     folder = run_dir(args, run)
