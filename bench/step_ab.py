@@ -101,6 +101,9 @@ def _user_backward_boolean(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do
     return torch.matmul(ds, k), torch.matmul(ds.transpose(-1, -2), q).to(wide), dv.to(wide)
 
 
+_compiled_boolean = functools.cache(lambda: torch.compile(_user_backward_boolean))
+
+
 @contextmanager
 def backward_boolean() -> Iterator[None]:
     """The backward takes its mask as boolean blocked entries (built once per mask, as the additive
@@ -121,8 +124,6 @@ def backward_boolean() -> Iterator[None]:
     finally:
         attention._MaskForms.user_chunks, attention._compiled_user_backward = additive_chunks, compiled  # type: ignore[method-assign]
 
-
-_compiled_boolean = functools.cache(lambda: torch.compile(_user_backward_boolean))
 
 
 # Each lever, switched off.
