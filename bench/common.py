@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -301,9 +302,15 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     if earlier is not None:
         again, before = (RunDir(r).read_per_user("test")["ndcg@10"] for r in (run_dir, earlier))
         if not np.array_equal(again, before):
+            # Moved aside: left in place, the next invocation would resume it as finished and keep it over the
+            # results other rows were compared with.
+            aside = run_dir.with_name(f"{run_dir.name}.not-reproduced")
+            shutil.rmtree(aside, ignore_errors=True)
+            run_dir.rename(aside)
             raise SystemExit(f"{run_dir} was trained again for its weights but does not reproduce its kept results in "
                              f"{earlier} (test NDCG@10 {again.mean():.4f}, kept {before.mean():.4f}; a different thread "
-                             "count changes the order of sums): the kept results stay; the new run is left for inspection.")
+                             f"count, or another machine, changes the order of sums): the kept results stay; the new run "
+                             f"is in {aside}, for inspection.")
     keep(run_dir, weights=weights)
     return _rows(run_dir, rows, base, trained=trainer.optimizer is not None)
 

@@ -57,6 +57,7 @@ from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell,
                     versus_cell, with_seeds)
 from darec.config import override_name
 from darec.train import build_config
+from darec.train.run import RunDir
 from darec.train.trainer import BUDGET_KEYS
 
 RESULTS = HERE / "results" / "darec_accuracy.json"
@@ -112,6 +113,19 @@ def overrides_for(variant: str, budget: str, cf_run: Path) -> list[str]:
     if variant in PRETRAINED:
         return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={cf_run}"]
     return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
+
+
+def sasrec_reference(dataset: str, budget: str, seed: int, workdir: Path, threads: int) -> Path:
+    """The ``sasrec-same-data`` run (of ``seed``; 0: the first) that the pre-trained variants start
+    from, with its weights: put back from its kept weights, else trained (again, where only its
+    results are kept: it must then reproduce them, see common.train_rows). For a script that starts
+    from it without writing its rows here (dynamic_adaption.py's ``--base pretrained-cf``)."""
+    run_dir = RunSpec(dataset, "sasrec-same-data", budget, "", seed).run_dir(workdir)
+    if not RunDir(run_dir).best.exists():
+        overrides = [f"dataset={dataset}", f"threads={threads}", *overrides_for("sasrec-same-data", budget, run_dir),
+                     *([f"seed={seed}"] if seed else [])]
+        train_rows(run_dir, overrides, {}, weights=True)
+    return run_dir
 
 
 def compared_cell(row: Row, name: str) -> str:

@@ -4,13 +4,14 @@ For each data set: search the plan (``darec search``: optuna, validation NDCG@10
 short budget, trainable parameters capped at those of uniform LoRA, which is the first
 trial), then train three plans to convergence under the same settings: the searched plan,
 uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
-Houlsby. Rows report validation and test NDCG@10 / HR@10, trainable parameters and the
-search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
+Houlsby, each on a base setting (``--base``: darec_accuracy.py's ``darec`` variant, or its
+``pretrained-cf``, DARec's best). Rows report validation and test NDCG@10 / HR@10, trainable
+parameters and the search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
 search's two pictures are copied beside them, and its summary (plan, trials, seconds) and
 optuna study are kept in bench/results/kept/, so that a later machine resumes the search, or
 trains its plan, without searching again. Budgets as in darec_accuracy.py. Uniform LoRA
-is darec_accuracy.py's ``darec`` variant: where that script has trained it at the same budget,
-seed and settings, its run is linked here rather than trained again.
+is darec_accuracy.py's base variant: where that script has trained it at the same budget,
+seed and settings (its run here, or its kept results), that run is read rather than trained again.
 
     python bench/dynamic_adaption.py --dataset ml-100k --budget gpu --trials 30 --search-steps 300
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu --trials 8 --search-steps 60 --threads 1
@@ -21,6 +22,12 @@ resumes it in the next session), and each plan trains in a session of its own:
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu-full --trials 8 --search-steps 60 \
         --search-minutes 50 --threads 2 --search-only
     python bench/dynamic_adaption.py --dataset ml-100k --budget cpu-full --plans searched --threads 2
+
+On DARec's best setting, uniform LoRA is then darec_accuracy.py's kept ``pretrained-cf`` run,
+and the SASRec it starts from is put back from that script's kept weights:
+
+    python bench/dynamic_adaption.py --dataset scientific --budget cpu-full --base pretrained-cf --set patience=4 \
+        --trials 8 --search-steps 60 --search-valid-users 1000 --search-minutes 50 --threads 2 --search-only
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ from pathlib import Path
 import yaml
 
 from budgets import BUDGETS
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
-                    main_rows, markdown_table, restore_search, save_rows, search_arguments, timed_search, train_rows,
-                    upgrade_run_row, versions, versus, versus_cell, with_seeds)
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_run, finished_seeds,
+                    has_finished, machine, main_rows, markdown_table, restore_search, save_rows, search_arguments,
+                    timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
+from darec_accuracy import overrides_for, sasrec_reference
 from darec.models.base import trainable_parameters
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
@@ -44,9 +52,11 @@ from darec.search.study import STUDY
 from darec.search.space import DEFAULT_CHOICES
 from darec.train import RunConfig, Trainer, build_config
 from darec.train.run import RunDir
+from darec.train.trainer import BUDGET_KEYS
 
 RESULTS = HERE / "results" / "dynamic_adaption.json"
 PLANS = ["searched", "uniform-lora", "uniform-houlsby"]
+BASES = ["darec", "pretrained-cf"]  # darec_accuracy.py's variants a plan can be searched on
 
 
 def trainable(overrides: list[str], run_dir: Path | None = None) -> int:
@@ -71,21 +81,30 @@ def same_training(ours: RunConfig, theirs: RunConfig) -> bool:
         del d["model"]["lora_r"], d["train"]["eval_batch_size"]
     if ours.train.precision == "auto":
         del a["train"]["precision"], b["train"]["precision"]
+    if all(d["train"]["lr_schedule"] == "constant" and not d["train"]["warmup_ratio"] for d in (a, b)):
+        # Under a constant rate, how long a run may train changes none of its steps (its first 5
+        # epochs are those of a 5-epoch run): the rows say how long each ran.
+        for d in (a, b):
+            for k in BUDGET_KEYS:
+                del d["train"][k]
     return a == b
 
 
-def borrow(run_dir: Path, source: Path, overrides: list[str]) -> None:
-    """Uniform LoRA is darec_accuracy.py's ``darec`` variant (its default plan is ``lora:8`` in
-    every layer): where that run exists with the same settings and seed, link this plan's run
-    to it instead of training the same model again (a ``cpu-full`` run is hours of a core)."""
-    if run_dir.exists() or run_dir.is_symlink() or not RunDir(source).state.exists():
-        return
-    if not same_training(build_config(overrides=overrides), RunDir(source).read_config()):
-        print(f"{source} differs in its settings from uniform LoRA's: not borrowed", flush=True)
-        return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.symlink_to(source.resolve(), target_is_directory=True)
-    print(f"uniform LoRA: {run_dir} links to {source}, the same model trained by darec_accuracy.py", flush=True)
+def uniform_lora_run(own: Path, source: Path, overrides: list[str]) -> Path:
+    """Uniform LoRA is darec_accuracy.py's run of the base variant (``darec`` or ``pretrained-cf``,
+    whose default plan is ``lora:8`` in every layer): where this script has no uniform LoRA run of
+    its own (``own``, here or kept) and that run (``source``, here or only its kept results) has the
+    same settings and seed, it is uniform LoRA's run, read where it is rather than trained again (a
+    ``cpu-full`` run is hours of the machine)."""
+    if own.exists() or has_finished(own):
+        return own
+    found = finished_run(source)
+    if not RunDir(found).state.exists():
+        return own
+    if not same_training(build_config(overrides=overrides), RunDir(found).read_config()):
+        print(f"{found} differs in its settings from uniform LoRA's: not borrowed", flush=True)
+        return own
+    return source
 
 
 def markdown(rows: list[Row]) -> str:
@@ -125,18 +144,40 @@ def main() -> None:
                         "plan comes from the finished search, which is not run again")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
+    parser.add_argument("--base", choices=BASES, default="darec",
+                        help="the DARec setting whose adapter plan is searched: darec_accuracy.py's variant of that name "
+                        "(pretrained-cf: the catalogue head on the item embeddings of a SASRec trained first, that "
+                        "script's sasrec-same-data run, put back from its kept weights); runs and rows of a base other "
+                        "than darec are NAME@BASE[-TAG]")
     parser.add_argument("--accuracy-workdir", type=Path, default=HERE / "work" / "darec_accuracy",
-                        help="darec_accuracy.py's runs: its `darec` run of the same budget and seed, where there is one "
-                        "with uniform LoRA's settings, is uniform LoRA's run (linked, not trained again)")
+                        help="darec_accuracy.py's runs: its run of the base variant with the same budget and seed, where "
+                        "there is one (or its kept results) with uniform LoRA's settings, is uniform LoRA's run")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     from darec.models.llm.adapters import describe_plan
 
-    base_overrides = ["model=darec", f"dataset={args.dataset}", f"threads={args.threads}", *BUDGETS[args.budget], *args.extra]
+    own_tag = args.tag
+    if args.base != "darec":
+        args.tag = "-".join([args.base, *([own_tag] if own_tag else [])])
+        sasrec_reference(args.dataset, args.budget, args.seed, args.accuracy_workdir, args.threads)
+
+    def settings(seed: int) -> list[str]:
+        """Every plan's settings under ``seed`` (0: the first): the base variant's, as darec_accuracy.py has them."""
+        sasrec = RunSpec(args.dataset, "sasrec-same-data", args.budget, "", seed).run_dir(args.accuracy_workdir)
+        return [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(args.base, args.budget, sasrec),
+                *args.extra, *([f"seed={seed}"] if seed else [])]
+    base_overrides = settings(0)
     work = args.workdir / args.dataset / args.budget
 
-    def where(spec: RunSpec) -> Path:
+    def own(spec: RunSpec) -> Path:
         return args.workdir / spec.dataset / spec.budget / spec.name
+
+    def where(spec: RunSpec) -> Path:
+        if spec.variant != "uniform-lora":
+            return own(spec)
+        source = RunSpec(spec.dataset, args.base, spec.budget, own_tag if spec.tag else "", spec.seed)
+        return uniform_lora_run(own(spec), source.run_dir(args.accuracy_workdir),
+                                [*settings(spec.seed), f"plan={uniform['uniform-lora']}"])
     model = build_config(overrides=base_overrides).model
     n_layers = layer_count(model.backbone, model.keep_layers or None)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
@@ -148,7 +189,6 @@ def main() -> None:
     search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
     restore_search(search_dir, summary_file)  # a search begun on an earlier machine
     study = (search_dir / STUDY).exists()
-    seed = [f"seed={args.seed}"] if args.seed else []
     if args.search_only and (args.seed or "searched" not in args.plans):
         raise SystemExit("--search-only searches: it takes neither --seed nor --plans without 'searched'")
     if "searched" in args.plans and (args.seed or (summary_file.exists() and not study)):
@@ -180,13 +220,13 @@ def main() -> None:
         return
     specs = {name: RunSpec(args.dataset, name, args.budget, tag_of(name, args), args.seed) for name in plans}
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
-        overrides = [*base_overrides, *seed, f"plan={plan}"]
+        overrides = [*settings(args.seed), f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
-        if name == "uniform-lora":
-            borrow(run_dir, RunSpec(args.dataset, "darec", args.budget, run.tag, args.seed).run_dir(args.accuracy_workdir),
-                   overrides)
+        if run_dir != own(run):
+            print(f"uniform LoRA: {run_dir}, the same model trained by darec_accuracy.py", flush=True)
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
-               "settings": " ".join([*base_overrides, *seed]), "machine": machine(), "versions": versions(), "command": command_line()}
+               "settings": " ".join(settings(args.seed)), "machine": machine(), "versions": versions(),
+               "command": command_line()}
         rows = train_rows(run_dir, overrides, row, results=args.results)
         count = trainable(overrides, run_dir)
         for r in rows:
@@ -206,8 +246,8 @@ def main() -> None:
 
 def tag_of(plan: str, args: argparse.Namespace) -> str:
     """The tag of a plan's runs: the searched plan's always (its search differs); the uniform
-    plans' only where --set changes how they train, else they are the budget's own runs."""
-    return args.tag if plan == "searched" or args.extra else ""
+    plans' only where --set or --base changes how they train, else they are the budget's own runs."""
+    return args.tag if plan == "searched" or args.extra or args.base != "darec" else ""
 
 
 def pool_seeds(args: argparse.Namespace, where) -> None:
