@@ -56,7 +56,6 @@ from darec.train.trainer import BUDGET_KEYS
 
 RESULTS = HERE / "results" / "dynamic_adaption.json"
 PLANS = ["searched", "uniform-lora", "uniform-houlsby"]
-BASES = ["darec", "pretrained-cf"]  # darec_accuracy.py's variants a plan can be searched on
 
 
 def trainable(overrides: list[str], run_dir: Path | None = None) -> int:
@@ -88,6 +87,37 @@ def same_training(ours: RunConfig, theirs: RunConfig) -> bool:
             for k in BUDGET_KEYS:
                 del d["train"][k]
     return a == b
+
+
+def use_base(args: argparse.Namespace) -> None:
+    """Name the runs of a base other than ``darec`` after it (``--tag`` becomes BASE[-TAG]; the
+    given tag stays in ``args.own_tag``) and put back the SASRec a ``pretrained-cf`` base starts from."""
+    args.own_tag = args.tag
+    if args.base != "darec":
+        args.tag = "-".join([args.base, *([args.tag] if args.tag else [])])
+        sasrec_reference(args.dataset, args.budget, args.seed, args.accuracy_workdir, args.threads)
+
+
+def settings(args: argparse.Namespace, seed: int) -> list[str]:
+    """Every DARec plan's settings under ``seed`` (0: the first): the base variant's, as
+    darec_accuracy.py has them (its SASRec of that seed), then ``--set``."""
+    sasrec = RunSpec(args.dataset, "sasrec-same-data", args.budget, "", seed).run_dir(args.accuracy_workdir)
+    return [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(args.base, args.budget, sasrec),
+            *args.extra, *([f"seed={seed}"] if seed else [])]
+
+
+def uniform_lora(args: argparse.Namespace) -> list[str]:
+    """The uniform LoRA plan, whose trainable parameters cap the searches: ``lora:R`` in every layer."""
+    model = build_config(overrides=settings(args, 0)).model
+    return [f"lora:{args.lora_r}"] * layer_count(model.backbone, model.keep_layers or None)
+
+
+def uniform_lora_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> Path:
+    """Uniform LoRA's run (``spec``) of dynamic_adaption.py (whose runs are in ``workdir``): its own, or
+    darec_accuracy.py's run of the base variant (:func:`uniform_lora_run`)."""
+    source = RunSpec(spec.dataset, args.base, spec.budget, args.own_tag if spec.tag else "", spec.seed)
+    return uniform_lora_run(workdir / spec.dataset / spec.budget / spec.name, source.run_dir(args.accuracy_workdir),
+                            [*settings(args, spec.seed), f"plan={uniform_lora(args)}"])
 
 
 def uniform_lora_run(own: Path, source: Path, overrides: list[str]) -> Path:
@@ -131,7 +161,6 @@ def markdown(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     search_arguments(parser)
-    parser.add_argument("--lora-r", type=int, default=8, help="rank of the uniform LoRA plan (the parameter cap)")
     parser.add_argument("--houlsby", type=int, default=64, help="size of the uniform Houlsby plan")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
@@ -144,44 +173,22 @@ def main() -> None:
                         "plan comes from the finished search, which is not run again")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
-    parser.add_argument("--base", choices=BASES, default="darec",
-                        help="the DARec setting whose adapter plan is searched: darec_accuracy.py's variant of that name "
-                        "(pretrained-cf: the catalogue head on the item embeddings of a SASRec trained first, that "
-                        "script's sasrec-same-data run, put back from its kept weights); runs and rows of a base other "
-                        "than darec are NAME@BASE[-TAG]")
-    parser.add_argument("--accuracy-workdir", type=Path, default=HERE / "work" / "darec_accuracy",
-                        help="darec_accuracy.py's runs: its run of the base variant with the same budget and seed, where "
-                        "there is one (or its kept results) with uniform LoRA's settings, is uniform LoRA's run")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     from darec.models.llm.adapters import describe_plan
 
-    own_tag = args.tag
-    if args.base != "darec":
-        args.tag = "-".join([args.base, *([own_tag] if own_tag else [])])
-        sasrec_reference(args.dataset, args.budget, args.seed, args.accuracy_workdir, args.threads)
-
-    def settings(seed: int) -> list[str]:
-        """Every plan's settings under ``seed`` (0: the first): the base variant's, as darec_accuracy.py has them."""
-        sasrec = RunSpec(args.dataset, "sasrec-same-data", args.budget, "", seed).run_dir(args.accuracy_workdir)
-        return [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(args.base, args.budget, sasrec),
-                *args.extra, *([f"seed={seed}"] if seed else [])]
-    base_overrides = settings(0)
+    use_base(args)
+    base_overrides = settings(args, 0)
     work = args.workdir / args.dataset / args.budget
 
     def own(spec: RunSpec) -> Path:
         return args.workdir / spec.dataset / spec.budget / spec.name
 
     def where(spec: RunSpec) -> Path:
-        if spec.variant != "uniform-lora":
-            return own(spec)
-        source = RunSpec(spec.dataset, args.base, spec.budget, own_tag if spec.tag else "", spec.seed)
-        return uniform_lora_run(own(spec), source.run_dir(args.accuracy_workdir),
-                                [*settings(spec.seed), f"plan={uniform['uniform-lora']}"])
-    model = build_config(overrides=base_overrides).model
-    n_layers = layer_count(model.backbone, model.keep_layers or None)
+        return uniform_lora_dir(args, spec, args.workdir) if spec.variant == "uniform-lora" else own(spec)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
-    uniform = {"uniform-lora": [f"lora:{args.lora_r}"] * n_layers, "uniform-houlsby": [f"houlsby:{args.houlsby}"] * n_layers}
+    uniform = {"uniform-lora": uniform_lora(args),
+               "uniform-houlsby": [f"houlsby:{args.houlsby}"] * len(uniform_lora(args))}
     cap = trainable([*base_overrides, f"plan={uniform['uniform-lora']}"], work / "uniform-lora")
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
@@ -220,12 +227,12 @@ def main() -> None:
         return
     specs = {name: RunSpec(args.dataset, name, args.budget, tag_of(name, args), args.seed) for name in plans}
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
-        overrides = [*settings(args.seed), f"plan={plan}"]
+        overrides = [*settings(args, args.seed), f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
         if run_dir != own(run):
             print(f"uniform LoRA: {run_dir}, the same model trained by darec_accuracy.py", flush=True)
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
-               "settings": " ".join(settings(args.seed)), "machine": machine(), "versions": versions(),
+               "settings": " ".join(settings(args, args.seed)), "machine": machine(), "versions": versions(),
                "command": command_line()}
         rows = train_rows(run_dir, overrides, row, results=args.results)
         count = trainable(overrides, run_dir)

@@ -11,6 +11,10 @@ in their own folders (run them first; a comparison whose run has not finished is
 * ``uniform_lora`` and ``darec`` (the searched DARec plan): dynamic_adaption.py;
 * ``sasrec`` (SASRec on the same data): darec_accuracy.py --variants sasrec-same-data.
 
+``--base pretrained-cf`` searches and trains MixRec on DARec's best setting (the catalogue head
+on the item embeddings of that SASRec, trained first), as ``dynamic_adaption.py --base
+pretrained-cf`` does DARec's plans; uniform LoRA is then darec_accuracy.py's ``pretrained-cf`` run.
+
 The search's summary and optuna study are kept in bench/results/kept/ (as each finished run's
 results are): at ``cpu-full`` a search fills a session (``--search-only``, with
 ``--search-minutes``), the same command resumes it on the next machine, and the plan then
@@ -44,13 +48,11 @@ from pathlib import Path
 
 import yaml
 
-from budgets import BUDGETS
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
                     markdown_table, restore_search, save_rows, main_rows, search_arguments, timed_search, train_rows,
                     upgrade_run_row, versions, versus, versus_cell, with_seeds)
-from dynamic_adaption import trainable
+from dynamic_adaption import settings, trainable, uniform_lora, uniform_lora_dir, use_base
 from darec.models.llm.adapters import describe_plan
-from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
 from darec.search.study import STUDY
 from darec.train import build_config
@@ -68,12 +70,17 @@ def reference(args: argparse.Namespace, name: str, seed: int) -> Path:
     """The run folder of a compared run, as its own script lays it out: uniform LoRA's and
     DARec's under the same --tag (dynamic_adaption.py --tag TAG with their own --set), SASRec's
     under its own settings."""
-    work = args.workdir.parent
     if name == "sasrec":
-        return RunSpec(args.dataset, "sasrec-same-data", args.budget, seed=seed).run_dir(work / "darec_accuracy")
-    variant = {"uniform_lora": "uniform-lora", "darec": "searched"}[name]
-    spec = RunSpec(args.dataset, variant, args.budget, args.tag, seed)
-    return work / "dynamic_adaption" / args.dataset / args.budget / spec.name
+        return RunSpec(args.dataset, "sasrec-same-data", args.budget, seed=seed).run_dir(args.accuracy_workdir)
+    work = args.workdir.parent / "dynamic_adaption"
+    if name == "uniform_lora":
+        return uniform_lora_dir(args, RunSpec(args.dataset, "uniform-lora", args.budget, args.tag, seed), work)
+    return work / args.dataset / args.budget / RunSpec(args.dataset, "searched", args.budget, args.tag, seed).name
+
+
+def mixrec_settings(args: argparse.Namespace, seed: int) -> list[str]:
+    """MixRec's settings under ``seed``: DARec's on the same base, as dynamic_adaption.py trains them."""
+    return ["model=mixrec" if o == "model=darec" else o for o in settings(args, seed)]
 
 
 def run_dir(args: argparse.Namespace, spec: RunSpec) -> Path:
@@ -136,8 +143,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.results.parent.mkdir(parents=True, exist_ok=True)
-
-    base = [f"dataset={args.dataset}", f"threads={args.threads}", *BUDGETS[args.budget], *args.extra]
+    use_base(args)
     work = args.workdir / args.dataset / args.budget
     suffix = f"@{args.tag}" if args.tag else ""
     search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
@@ -150,11 +156,9 @@ def main() -> None:
                              "run the search first")
         summary = yaml.safe_load(summary_file.read_text())
     else:
-        model = build_config(overrides=["model=darec", *base]).model
-        uniform_lora = [f"plan={['lora:8'] * layer_count(model.backbone, model.keep_layers or None)}"]
-        cap = trainable(["model=darec", *base, *uniform_lora])
+        cap = trainable([*settings(args, 0), f"plan={uniform_lora(args)}"])
         summary = timed_search(search_dir, summary_file, lambda: Search(
-            build_config(overrides=["model=mixrec", *base]), SearchConfig(
+            build_config(overrides=mixrec_settings(args, 0)), SearchConfig(
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, experts=EXPERTS, top_k=[1, 2],
                 start_with=[START], minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir),
             args.search_minutes)
@@ -169,7 +173,7 @@ def main() -> None:
     plan = summary["plan"]
     run = RunSpec(args.dataset, "searched-mixrec", args.budget, args.tag, args.seed)
     folder = run_dir(args, run)
-    overrides = ["model=mixrec", *base, *([f"seed={args.seed}"] if args.seed else []), f"plan={plan}"]
+    overrides = [*mixrec_settings(args, args.seed), f"plan={plan}"]
     row = {**run.fields(), "model": "mixrec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
            "settings": " ".join(overrides[:-1]), "machine": machine(), "versions": versions(), "command": command_line(),
            "search_seconds": summary["seconds"], "search_trials": summary["trials"], "search_best_valid": summary["best_value"]}
