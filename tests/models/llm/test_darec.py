@@ -176,7 +176,8 @@ def test_ablations_build_and_run() -> None:
 
 
 @pytest.mark.parametrize("overrides", [[], ["lambda_cf=0"], ["lambda_cf=0", "head=linear"], ["item_input=text", "lambda_cf=0", "head=linear"],
-                                       ["model=e4srec"], ["cf_freeze=true"], ["model=mixrec"]])
+                                       ["model=e4srec"], ["cf_freeze=true"], ["model=mixrec"], ["head=residual"],
+                                       ["head=residual", "lambda_cf=0"], ["head=residual", "cf_freeze=true", "mask=semantic"]])
 def test_every_trained_parameter_gets_a_gradient_and_no_other_is_trained(overrides: list[str]) -> None:
     # What a configuration never reads is not trained: trainable counts are exact, and several
     # processes need not look for unused parameters every step (only a router may skip some).
@@ -208,6 +209,31 @@ def test_items_head_scores_in_the_collaborative_space() -> None:
         state = model._states(history)[0][:, -1]
         expected = model.user_proj(state) @ model.cf.encoder.item_embedding.weight.T
         assert torch.allclose(model.score(history, lengths), expected, atol=1e-5)
+
+
+def test_residual_head_starts_at_the_sasrecs_scores_and_learns_from_the_llm() -> None:
+    data = load_dataset("synthetic-tiny")
+    items, skip = training_windows(data.train_sequences(), 10)
+    batch = Batch(torch.from_numpy(items[:8]), torch.from_numpy(skip[:8]))
+    model = _model("head=residual", n_items=data.n_items)
+    model.prepare(data)
+    history, lengths = torch.tensor([[3, 5, 7]]), torch.tensor([3])
+    with torch.no_grad():
+        assert torch.equal(model.eval().score(history, lengths), model.cf.score(history, lengths))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = model.train().loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        model.eval()
+        other = torch.tensor([[9, 2, 7]])  # the SASRec's state differs too; the LLM's part is what is checked
+        llm = model.residual(model._states(history)[0][:, -1])
+        assert llm.abs().sum() > 0
+        expected = (model.cf.user_states(history, lengths) + llm) @ model.cf.encoder.item_embedding.weight.T
+        assert torch.allclose(model.score(history, lengths), expected, atol=1e-5)
+        assert not torch.allclose(model.score(other, lengths), model.cf.score(other, lengths))
 
 
 def test_bf16_autocast_trains_and_scores_in_float32() -> None:

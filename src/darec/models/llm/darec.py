@@ -73,9 +73,11 @@ class DARecConfig(ModelConfig):
     cf_run: str = option("", "A trained SASRec run directory to start the collaborative model from (empty = train it jointly from scratch).")
     cf_freeze: bool = option(False, "Keep the collaborative SASRec fixed (with cf_run: pre-trained, then kept in the loop as is).")
     temperature: float = option(0.1, "InfoNCE temperature.", above=0)
-    head: Literal["linear", "items"] = option(
+    head: Literal["linear", "items", "residual"] = option(
         "linear", "linear: a linear layer over the catalogue (as in E4SRec); items: the projected user state "
-                  "dotted with the collaborative SASRec's item embeddings (the space the InfoNCE loss aligns to).")
+                  "dotted with the collaborative SASRec's item embeddings (the space the InfoNCE loss aligns to); "
+                  "residual: the collaborative SASRec's own user state plus a zero-initialised projection of the "
+                  "LLM's, dotted with those embeddings, so training starts at that SASRec's predictions (with cf_run).")
     lora_r: int = option(8, "LoRA rank on every linear layer of every decoder layer, when no plan is given.", low=1)
     plan: list[str] = option([], "Adapter per decoder layer, e.g. [lora:8, houlsby:64, none, ia3, parallel:32] "
                                  "(empty: lora:<lora_r> on every layer). See darec.models.llm.adapters.")
@@ -140,12 +142,18 @@ class DARec(SequentialRecommender):
         self.semantic_marker = nn.Parameter(torch.randn(hidden) * scale) if self.semantic else None
         self.user_proj = nn.Linear(hidden, c.cf_hidden)
         self.head = nn.Linear(hidden, n_items + 1) if c.head == "linear" else None
+        # head=residual: what the LLM adds to the SASRec's user state, nothing at first.
+        self.residual = nn.Linear(hidden, c.cf_hidden) if c.head == "residual" else None
+        if self.residual is not None:
+            nn.init.zeros_(self.residual.weight)
+            nn.init.zeros_(self.residual.bias)
         # Not trained where this configuration never reads them (counts stay exact; see skips_parameters):
-        # the collaborative encoder runs only for the alignment, its item table feeds ID tokens or scores.
+        # the collaborative encoder runs for the alignment or the residual head, its item table feeds ID
+        # tokens or scores.
         if c.lambda_cf == 0:
-            self.cf.requires_grad_(False)
+            self.cf.requires_grad_(self.residual is not None)
             self.cf.encoder.item_embedding.requires_grad_(self.id_proj is not None or self.head is None)
-            self.user_proj.requires_grad_(self.head is None)
+            self.user_proj.requires_grad_(c.head == "items")
 
     def train(self, mode: bool = True) -> DARec:
         super().train(mode)
@@ -263,11 +271,18 @@ class DARec(SequentialRecommender):
         semantic = hidden[at, packed.semantic_pos] if packed.semantic_pos is not None else None
         return hidden[at, packed.item_pos], semantic
 
-    def _logits(self, states: Tensor) -> Tensor:
-        return catalogue_scores(self._user(states), *self.item_vectors())
+    def _logits(self, states: Tensor, cf_states: Tensor | None = None) -> Tensor:
+        return catalogue_scores(self._user(states, cf_states), *self.item_vectors())
 
-    def _user(self, states: Tensor) -> Tensor:
-        return self.user_proj(states) if self.head is None else states
+    def _user(self, states: Tensor, cf_states: Tensor | None = None) -> Tensor:
+        """The vector scored against :meth:`item_vectors` for LLM ``states``; with the residual
+        head, the SASRec's states at the same items (``cf_states``; none for semantic tokens,
+        which identify their own item, not the next) plus the LLM's projected."""
+        if self.config.head == "linear":
+            return states
+        if self.config.head == "items":
+            return self.user_proj(states)
+        return self.residual(states) if cf_states is None else cf_states + self.residual(states)
 
     def item_vectors(self) -> tuple[Tensor, Tensor | None]:
         if self.head is None:  # scored against the collaborative model's items
@@ -279,12 +294,13 @@ class DARec(SequentialRecommender):
         keep = targets > 0
         user, semantic = self._states(items)
         states = user[keep]
-        loss = F.cross_entropy(self._logits(states)[:, 1:], targets[keep] - 1)
+        cf_hidden = self.cf.encoder(items, causal=True) if self.residual is not None or self.config.lambda_cf > 0 else None
+        base = cf_hidden[keep] if self.residual is not None else None
+        loss = F.cross_entropy(self._logits(states, base)[:, 1:], targets[keep] - 1)
         if semantic is not None and self.config.lambda_sem > 0:
             real = items > 0
             loss = loss + self.config.lambda_sem * F.cross_entropy(self._logits(semantic[real])[:, 1:], items[real] - 1)
         if self.config.lambda_cf > 0:
-            cf_hidden = self.cf.encoder(items, causal=True)
             if not self.config.cf_freeze:
                 loss = loss + next_item_loss(cf_hidden, targets, self.cf.encoder.item_embedding.weight, "ce")
             loss = loss + self.config.lambda_cf * info_nce(self.user_proj(states), cf_hidden[keep].detach(), self.config.temperature)
@@ -293,7 +309,8 @@ class DARec(SequentialRecommender):
         return loss
 
     def user_states(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self._user(last_state(self._states(items)[0], lengths))
+        cf = last_state(self.cf.encoder(items, causal=True), lengths) if self.residual is not None else None
+        return self._user(last_state(self._states(items)[0], lengths), cf)
 
 
 @dataclass
