@@ -16,7 +16,9 @@ the SASRec's item embeddings instead of a fresh linear layer), ``pretrained-cf``
 (``head=items`` with the SASRec pre-trained first, the ``sasrec-same-data`` run, then kept
 in the loop: ``cf_run``), ``pretrained-cf-frozen`` (the same, kept fixed:
 ``cf_freeze``), ``pretrained-cf-no-masking`` (``pretrained-cf`` with plain causal
-attention: the masking ablation of that setting), and two SASRec baselines: ``sasrec`` (our
+attention: the masking ablation of that setting), ``pretrained-cf-residual`` (``head=residual``:
+that SASRec's own user state plus what the LLM adds, zero at first, so it starts at the SASRec's
+predictions), and two SASRec baselines: ``sasrec`` (our
 default SASRec trained to early stopping on all windows, last 50 items) and
 ``sasrec-same-data`` (the budget's history length and windows).
 
@@ -73,12 +75,15 @@ DAREC_VARIANTS = {
     "pretrained-cf": ["model=darec", "head=items"],  # plus cf_run: the sasrec-same-data run
     "pretrained-cf-frozen": ["model=darec", "head=items", "cf_freeze=true"],  # likewise
     "pretrained-cf-no-masking": ["model=darec", "head=items", "mask=causal"],  # likewise
+    "pretrained-cf-residual": ["model=darec", "head=residual"],  # likewise
 }
-PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen", "pretrained-cf-no-masking")
+PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen", "pretrained-cf-no-masking", "pretrained-cf-residual")
 SASREC = ["model=sasrec", "loss=ce", "epochs=200", "patience=10"]
 # An ablation and the variants it turns a switch off in (no-injection: the joint or the pre-trained SASRec's
 # injection), judged on validation, paired over the users.
-ABLATION_OF = {"no-masking": ["darec"], "no-injection": ["darec", "pretrained-cf"], "pretrained-cf-no-masking": ["pretrained-cf"]}
+# pretrained-cf-residual is another head, not a switch: the same comparison chooses between the two on validation.
+ABLATION_OF = {"no-masking": ["darec"], "no-injection": ["darec", "pretrained-cf"], "pretrained-cf-no-masking": ["pretrained-cf"],
+               "pretrained-cf-residual": ["pretrained-cf"]}
 VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data", "e4srec", "text-only", "id-only", "semantic",
             "head-items", *PRETRAINED]
 
@@ -174,7 +179,8 @@ def markdown(rows: list[Row]) -> str:
          "the test users, with its 95% bootstrap interval and paired t-test p (`darec compare`); `-` where not computed.",
          "Switch off − on: an ablation's validation NDCG@10 minus that of the variant with the switch on (no-masking: darec;",
          "no-injection: darec and pretrained-cf; pretrained-cf-no-masking: pretrained-cf), paired over the validation users",
-         "(`darec compare --split valid`): negative where the switch helps; a tagged row, vs untagged: its validation NDCG@10 minus the untagged run's. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
+         "(`darec compare --split valid`): negative where the switch helps (pretrained-cf-residual, another head rather than a",
+         "switch, minus pretrained-cf: positive where the residual head is better); a tagged row, vs untagged: its validation NDCG@10 minus the untagged run's. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
          "(`--seed N`, with the same `--tag`); \"N seeds\": the same comparison with each user's NDCG@10 averaged over the seeds of each side."],
         ["dataset", "budget", "variant", "epochs (best)", "valid NDCG@10", "test NDCG@10", "test HR@10",
          "test NDCG@10, history excluded", "s / epoch", "vs SASRec (test)", "switch off − on (valid)"], cells)
