@@ -52,8 +52,11 @@ def free_port() -> int:
 def machine() -> str:
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        # The bf16 units (AMX, AVX512-BF16) decide a run's speed more than the model name says.
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+        cpu += "".join(f", {name}" for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags)
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores{gpu}"
 
