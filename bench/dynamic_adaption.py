@@ -27,7 +27,7 @@ On DARec's best setting, uniform LoRA is then darec_accuracy.py's kept ``pretrai
 and the SASRec it starts from is put back from that script's kept weights:
 
     python bench/dynamic_adaption.py --dataset scientific --budget cpu-full --base pretrained-cf --set patience=4 \
-        --trials 8 --search-steps 60 --search-valid-users 1000 --search-minutes 50 --threads 2 --search-only
+        --trials 8 --search-steps 200 --search-valid-users 1000 --search-minutes 50 --threads 2 --search-only
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from pathlib import Path
 
 import yaml
 
-from budgets import BUDGETS
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_run, finished_seeds,
                     has_finished, machine, main_rows, markdown_table, restore_search, save_rows, search_arguments,
                     timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
@@ -113,28 +112,23 @@ def uniform_lora(args: argparse.Namespace) -> list[str]:
 
 
 def uniform_lora_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> Path:
-    """Uniform LoRA's run (``spec``) of dynamic_adaption.py (whose runs are in ``workdir``): its own, or
-    darec_accuracy.py's run of the base variant (:func:`uniform_lora_run`)."""
-    source = RunSpec(spec.dataset, args.base, spec.budget, args.own_tag if spec.tag else "", spec.seed)
-    return uniform_lora_run(workdir / spec.dataset / spec.budget / spec.name, source.run_dir(args.accuracy_workdir),
-                            [*settings(args, spec.seed), f"plan={uniform_lora(args)}"])
-
-
-def uniform_lora_run(own: Path, source: Path, overrides: list[str]) -> Path:
-    """Uniform LoRA is darec_accuracy.py's run of the base variant (``darec`` or ``pretrained-cf``,
-    whose default plan is ``lora:8`` in every layer): where this script has no uniform LoRA run of
-    its own (``own``, here or kept) and that run (``source``, here or only its kept results) has the
-    same settings and seed, it is uniform LoRA's run, read where it is rather than trained again (a
-    ``cpu-full`` run is hours of the machine)."""
+    """Uniform LoRA's run (``spec``) of dynamic_adaption.py, whose runs are in ``workdir``. It is
+    darec_accuracy.py's run of the base variant (``darec`` or ``pretrained-cf``, whose default plan
+    is ``lora:8`` in every layer) where this script has no uniform LoRA run of its own (here or
+    kept) and that run (here, or only its kept results) has the same settings and seed: read where
+    it is rather than trained again (a ``cpu-full`` run is hours of the machine)."""
+    own = workdir / spec.dataset / spec.budget / spec.name
     if own.exists() or has_finished(own):
         return own
-    found = finished_run(source)
+    source = RunSpec(spec.dataset, args.base, spec.budget, args.own_tag if spec.tag else "", spec.seed)
+    found = finished_run(source.run_dir(args.accuracy_workdir))
     if not RunDir(found).state.exists():
         return own
+    overrides = [*settings(args, spec.seed), f"plan={uniform_lora(args)}"]
     if not same_training(build_config(overrides=overrides), RunDir(found).read_config()):
         print(f"{found} differs in its settings from uniform LoRA's: not borrowed", flush=True)
         return own
-    return source
+    return source.run_dir(args.accuracy_workdir)
 
 
 def markdown(rows: list[Row]) -> str:
@@ -187,8 +181,8 @@ def main() -> None:
     def where(spec: RunSpec) -> Path:
         return uniform_lora_dir(args, spec, args.workdir) if spec.variant == "uniform-lora" else own(spec)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
-    uniform = {"uniform-lora": uniform_lora(args),
-               "uniform-houlsby": [f"houlsby:{args.houlsby}"] * len(uniform_lora(args))}
+    lora = uniform_lora(args)
+    uniform = {"uniform-lora": lora, "uniform-houlsby": [f"houlsby:{args.houlsby}"] * len(lora)}
     cap = trainable([*base_overrides, f"plan={uniform['uniform-lora']}"], work / "uniform-lora")
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
