@@ -108,16 +108,18 @@ def spec(args: argparse.Namespace, variant: str, seed: int | None = None) -> Run
                    args.seed if seed is None else seed)
 
 
-def overrides_for(variant: str, budget: str, cf_run: Path) -> list[str]:
-    """A variant's settings; ``cf_run``: the SASRec run the pre-trained variants start from."""
+def overrides_for(variant: str, dataset: str, budget: str, threads: int, cf_run: Path) -> list[str]:
+    """A variant's settings on ``dataset`` with ``threads`` torch threads; ``cf_run``: the SASRec
+    run the pre-trained variants start from."""
+    where = [f"dataset={dataset}", f"threads={threads}"]
     if variant == "sasrec":
-        return SASREC
+        return [*where, *SASREC]
     data = [o for o in BUDGETS[budget] if o.split("=")[0] in ("max_len", "window_overlap", "windows_per_user")]
     if variant == "sasrec-same-data":
-        return [*SASREC, *data]
+        return [*where, *SASREC, *data]
     if variant in PRETRAINED:
-        return [*BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={cf_run}"]
-    return [*BUDGETS[budget], *DAREC_VARIANTS[variant]]
+        return [*where, *BUDGETS[budget], *DAREC_VARIANTS[variant], f"cf_run={cf_run}"]
+    return [*where, *BUDGETS[budget], *DAREC_VARIANTS[variant]]
 
 
 def sasrec_reference(dataset: str, budget: str, seed: int, workdir: Path, threads: int) -> Path:
@@ -127,8 +129,7 @@ def sasrec_reference(dataset: str, budget: str, seed: int, workdir: Path, thread
     from it without writing its rows here (dynamic_adaption.py's ``--base pretrained-cf``)."""
     run_dir = RunSpec(dataset, "sasrec-same-data", budget, "", seed).run_dir(workdir)
     if not RunDir(run_dir).best.exists():
-        overrides = [f"dataset={dataset}", f"threads={threads}", *overrides_for("sasrec-same-data", budget, run_dir),
-                     *([f"seed={seed}"] if seed else [])]
+        overrides = [*overrides_for("sasrec-same-data", dataset, budget, threads, run_dir), *([f"seed={seed}"] if seed else [])]
         train_rows(run_dir, overrides, {}, weights=True)
     return run_dir
 
@@ -249,7 +250,7 @@ def main() -> None:
         run = spec(args, variant)
         # The SASRec of the same tag and seed where there is one, else the budget's own.
         reference = spec(args, "sasrec-same-data").run_dir(args.workdir)
-        overrides = [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(variant, args.budget, reference)]
+        overrides = overrides_for(variant, args.dataset, args.budget, args.threads, reference)
         model = next(o.split("=")[1] for o in overrides if o.startswith("model="))
         # e.g. gradient_checkpointing reaches the LLM runs only; so does an LLM_ONLY key: the SASRec
         # references keep one schedule (SASREC) whatever an LLM run is given.

@@ -101,8 +101,8 @@ def settings(args: argparse.Namespace, seed: int) -> list[str]:
     """Every DARec plan's settings under ``seed`` (0: the first): the base variant's, as
     darec_accuracy.py has them (its SASRec of that seed), then ``--set``."""
     sasrec = RunSpec(args.dataset, "sasrec-same-data", args.budget, "", seed).run_dir(args.accuracy_workdir)
-    return [f"dataset={args.dataset}", f"threads={args.threads}", *overrides_for(args.base, args.budget, sasrec),
-            *args.extra, *([f"seed={seed}"] if seed else [])]
+    return [*overrides_for(args.base, args.dataset, args.budget, args.threads, sasrec), *args.extra,
+            *([f"seed={seed}"] if seed else [])]
 
 
 def uniform_lora(args: argparse.Namespace) -> list[str]:
