@@ -361,10 +361,11 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-only", action="store_true",
                         help="search (or resume the search) and keep it, then stop: at cpu-full a search fills most of a "
                         "session, and it resumes, or its plan trains, in the next")
-    parser.add_argument("--base", choices=["darec", "pretrained-cf"], default="darec",
+    parser.add_argument("--base", choices=["darec", "pretrained-cf", "pretrained-cf-residual"], default="darec",
                         help="the DARec setting the plans are searched and trained on: darec_accuracy.py's variant of that "
                         "name (pretrained-cf: the catalogue head on the item embeddings of a SASRec trained first, that "
-                        "script's sasrec-same-data run, put back from its kept weights); runs and rows of a base other "
+                        "script's sasrec-same-data run, put back from its kept weights; pretrained-cf-residual: the same "
+                        "with that SASRec's own user state plus the LLM's projected); runs and rows of a base other "
                         "than darec are NAME@BASE[-TAG]")
     parser.add_argument("--accuracy-workdir", type=Path, default=WORK / "darec_accuracy",
                         help="darec_accuracy.py's runs: the SASRec a pretrained-cf base starts from, and the run of the base "

@@ -5,7 +5,7 @@ short budget, trainable parameters capped at those of uniform LoRA, which is the
 trial), then train three plans to convergence under the same settings: the searched plan,
 uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
 Houlsby, each on a base setting (``--base``: darec_accuracy.py's ``darec`` variant, or its
-``pretrained-cf``, DARec's best). Rows report validation and test NDCG@10 / HR@10, trainable
+``pretrained-cf`` or ``pretrained-cf-residual``, DARec's best on validation). Rows report validation and test NDCG@10 / HR@10, trainable
 parameters and the search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
 search's two pictures are copied beside them, and its summary (plan, trials, seconds) and
 optuna study are kept in bench/results/kept/, so that a later machine resumes the search, or
@@ -90,7 +90,7 @@ def same_training(ours: RunConfig, theirs: RunConfig) -> bool:
 
 def use_base(args: argparse.Namespace) -> None:
     """Name the runs of a base other than ``darec`` after it (``--tag`` becomes BASE[-TAG]; the
-    given tag stays in ``args.own_tag``) and put back the SASRec a ``pretrained-cf`` base starts from."""
+    given tag stays in ``args.own_tag``) and put back the SASRec a ``pretrained-cf*`` base starts from."""
     args.own_tag = args.tag
     if args.base != "darec":
         args.tag = "-".join([args.base, *([args.tag] if args.tag else [])])
@@ -113,7 +113,7 @@ def uniform_lora(args: argparse.Namespace) -> list[str]:
 
 def uniform_lora_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> Path:
     """Uniform LoRA's run (``spec``) of dynamic_adaption.py, whose runs are in ``workdir``. It is
-    darec_accuracy.py's run of the base variant (``darec`` or ``pretrained-cf``, whose default plan
+    darec_accuracy.py's run of the base variant (``darec`` or a ``pretrained-cf*``, whose default plan
     is ``lora:8`` in every layer) where this script has no uniform LoRA run of its own (here or
     kept) and that run (here, or only its kept results) has the same settings and seed: read where
     it is rather than trained again (a ``cpu-full`` run is hours of the machine)."""
