@@ -4,7 +4,7 @@ For each data set: search the plan (``darec search``: optuna, validation NDCG@10
 short budget, trainable parameters capped at those of uniform LoRA, which is the first
 trial), then train three plans to convergence under the same settings: the searched plan,
 uniform LoRA (the cap, so the searched plan has no more trainable parameters) and uniform
-Houlsby, each on a base setting (``--base``: darec_accuracy.py's ``darec`` variant, or its
+Houlsby (its bottleneck the largest under the same cap, unless ``--houlsby`` sizes it), each on a base setting (``--base``: darec_accuracy.py's ``darec`` variant, or its
 ``pretrained-cf`` or ``pretrained-cf-residual``, DARec's best on validation). Rows report validation and test NDCG@10 / HR@10, trainable
 parameters and the search's wall time, in bench/results/dynamic_adaption.json (markdown beside it); the
 search's two pictures are copied beside them, and its summary (plan, trials, seconds) and
@@ -45,6 +45,7 @@ from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell,
                     timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec_accuracy import overrides_for, sasrec_reference
 from darec.models.base import trainable_parameters
+from darec.models.llm.adapters import describe_plan
 from darec.models.llm.backbone import layer_count
 from darec.search import Search, SearchConfig
 from darec.search.study import STUDY
@@ -66,6 +67,25 @@ def trainable(overrides: list[str], run_dir: Path | None = None) -> int:
         trainer = Trainer(build_config(overrides=overrides), Path(scratch) / "run", progress=False)
         trainer.release()
         return trainable_parameters(trainer.model)[0]
+
+
+def houlsby_size(args: argparse.Namespace, cap: int) -> int:
+    """The largest bottleneck size at which uniform Houlsby has no more than ``cap`` trainable
+    parameters: their count is linear in the size, so the models of sizes 1 and 2 give it."""
+    n = len(uniform_lora(args))
+    one, two = (trainable([*settings(args, 0), f"plan={[f'houlsby:{size}'] * n}"]) for size in (1, 2))
+    if one > cap:
+        raise SystemExit(f"uniform houlsby:1 has {one:,} trainable parameters, above uniform LoRA's {cap:,}: give --houlsby")
+    return 1 + (cap - one) // (two - one)
+
+
+def same_plan(run_dir: Path, plan: list[str]) -> None:
+    """Refuse a run (here, or its kept results) begun with another plan than ``plan`` (e.g. uniform
+    Houlsby of another size): its results would be reported under this plan."""
+    found = finished_run(run_dir)
+    if RunDir(found).config.exists() and (ran := RunDir(found).read_config().model.plan) and ran != plan:
+        raise SystemExit(f"{found} was trained with the plan {describe_plan(ran)}, not {describe_plan(plan)}: "
+                         "give the plan it was trained with (e.g. --houlsby), or another --workdir")
 
 
 def same_training(ours: RunConfig, theirs: RunConfig) -> bool:
@@ -155,7 +175,8 @@ def markdown(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     search_arguments(parser)
-    parser.add_argument("--houlsby", type=int, default=64, help="size of the uniform Houlsby plan")
+    parser.add_argument("--houlsby", type=int, default=0, help="size of the uniform Houlsby plan (0: the largest at which it "
+                        "has no more trainable parameters than uniform LoRA, as the searched plan)")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every run (e.g. backbone=tiny)")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=PLANS,
                         help="plans to train (without 'searched' there is no search: uniform plans can run beside it)")
@@ -169,7 +190,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "work" / "dynamic_adaption")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
-    from darec.models.llm.adapters import describe_plan
 
     use_base(args)
     base_overrides = settings(args, 0)
@@ -182,8 +202,8 @@ def main() -> None:
         return uniform_lora_dir(args, spec, args.workdir) if spec.variant == "uniform-lora" else own(spec)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
     lora = uniform_lora(args)
-    uniform = {"uniform-lora": lora, "uniform-houlsby": [f"houlsby:{args.houlsby}"] * len(lora)}
-    cap = trainable([*base_overrides, f"plan={uniform['uniform-lora']}"], work / "uniform-lora")
+    cap = trainable([*base_overrides, f"plan={lora}"], work / "uniform-lora")
+    uniform = {"uniform-lora": lora, "uniform-houlsby": [f"houlsby:{args.houlsby or houlsby_size(args, cap)}"] * len(lora)}
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
@@ -223,6 +243,7 @@ def main() -> None:
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*settings(args, args.seed), f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
+        same_plan(run_dir, plan)
         if run_dir != own(run):
             print(f"uniform LoRA: {run_dir}, the same model trained by darec_accuracy.py", flush=True)
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
