@@ -270,7 +270,8 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     SASRec that a pre-trained variant starts from), they are kept too, and put back with its
     results; a run kept before weights were (2026-12-02) is trained again, with the thread
     count its epochs record where they do, and must reproduce its kept per-user test metrics,
-    since rows of other runs were compared with them.
+    since rows of other runs were compared with them. A run put back keeps the command, machine
+    and versions its rows in ``results`` record (:func:`recorded`).
     With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
     fields), a run whose folder is gone with nothing kept but whose rows are in that file is
     refused: a new run would replace rows that other rows' paired comparisons were made against."""
@@ -281,8 +282,10 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
         # Its weights were kept: the run is put back as it was (trained again, on another
         # machine, it need not reproduce: the order of sums differs).
         RunDir(earlier).copy_results(run_dir, weights=True)
+        base = recorded(results, base)
         return _rows(run_dir, read_json(RunDir(run_dir).results), base, trained=RunDir(run_dir).metrics.exists())
     if earlier is not None and not weights:
+        base = recorded(results, base)
         return _rows(earlier, read_json(RunDir(earlier).results), base, trained=RunDir(earlier).metrics.exists())
     if earlier is None and results is not None and not begun and results.exists():
         spec = RunSpec.of(base)
@@ -324,6 +327,17 @@ def with_threads(overrides: list[str], threads: list[int]) -> list[str]:
     if not any(override_name(o) == "threads" for o in overrides):
         return [*overrides, ran]
     return [ran if override_name(o) == "threads" else o for o in overrides]
+
+
+def recorded(results: Path | None, base: Row) -> Row:
+    """``base`` with the command, machine and versions that ``results`` records for the same run,
+    where it holds its rows: a run put back from kept results was produced by that command, on
+    that machine, not by the one putting it back."""
+    if results is None or not results.exists() or not {"dataset", "variant", "budget"} <= base.keys():
+        return base
+    spec = RunSpec.of(base)
+    row = next((r for r in map(upgrade_run_row, json.loads(results.read_text())) if spec.holds(r)), None)
+    return base if row is None else {**base, **{f: row[f] for f in ("command", "machine", "versions") if f in row}}
 
 
 def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]:
