@@ -282,17 +282,16 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
         # Its weights were kept: the run is put back as it was (trained again, on another
         # machine, it need not reproduce: the order of sums differs).
         RunDir(earlier).copy_results(run_dir, weights=True)
-        base = recorded(results, base)
-        return _rows(run_dir, read_json(RunDir(run_dir).results), base, trained=RunDir(run_dir).metrics.exists())
+        return _rows(run_dir, read_json(RunDir(run_dir).results), recorded(results, base),
+                     trained=RunDir(run_dir).metrics.exists())
     if earlier is not None and not weights:
-        base = recorded(results, base)
-        return _rows(earlier, read_json(RunDir(earlier).results), base, trained=RunDir(earlier).metrics.exists())
-    if earlier is None and results is not None and not begun and results.exists():
+        return _rows(earlier, read_json(RunDir(earlier).results), recorded(results, base),
+                     trained=RunDir(earlier).metrics.exists())
+    if earlier is None and not begun and held_row(results, base) is not None:
         spec = RunSpec.of(base)
-        if any(spec.holds(upgrade_run_row(r)) for r in json.loads(results.read_text())):
-            raise SystemExit(f"{results} holds rows of {spec.name} ({spec.dataset}, {spec.budget}), but its run folder "
-                             f"{run_dir} is gone, with no results kept in {KEPT}: training it again would replace them. "
-                             "Write elsewhere (--results), or delete those rows first.")
+        raise SystemExit(f"{results} holds rows of {spec.name} ({spec.dataset}, {spec.budget}), but its run folder "
+                         f"{run_dir} is gone, with no results kept in {KEPT}: training it again would replace them. "
+                         "Write elsewhere (--results), or delete those rows first.")
     if earlier is not None and len(threads := trained_threads(earlier)) == 1:
         # Trained again with its own thread count: another one changes the order of sums.
         overrides = with_threads(overrides, threads)
@@ -329,14 +328,19 @@ def with_threads(overrides: list[str], threads: list[int]) -> list[str]:
     return [ran if override_name(o) == "threads" else o for o in overrides]
 
 
+def held_row(results: Path | None, base: Row) -> Row | None:
+    """A row that ``results`` (None: no file) holds of the run whose :class:`RunSpec` fields ``base`` has."""
+    if results is None or not results.exists():
+        return None
+    spec = RunSpec.of(base)
+    return next((r for r in map(upgrade_run_row, json.loads(results.read_text())) if spec.holds(r)), None)
+
+
 def recorded(results: Path | None, base: Row) -> Row:
     """``base`` with the command, machine and versions that ``results`` records for the same run,
     where it holds its rows: a run put back from kept results was produced by that command, on
     that machine, not by the one putting it back."""
-    if results is None or not results.exists() or not {"dataset", "variant", "budget"} <= base.keys():
-        return base
-    spec = RunSpec.of(base)
-    row = next((r for r in map(upgrade_run_row, json.loads(results.read_text())) if spec.holds(r)), None)
+    row = held_row(results, base)
     return base if row is None else {**base, **{f: row[f] for f in ("command", "machine", "versions") if f in row}}
 
 
