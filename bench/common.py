@@ -270,8 +270,9 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     SASRec that a pre-trained variant starts from), they are kept too, and put back with its
     results; a run kept before weights were (2026-12-02) is trained again, with the thread
     count its epochs record where they do, and must reproduce its kept per-user test metrics,
-    since rows of other runs were compared with them. A run put back keeps the command, machine
-    and versions its rows in ``results`` record (:func:`recorded`).
+    since rows of other runs were compared with them. A run put back, or reported again without
+    training another epoch, keeps the command, machine and versions its rows in ``results``
+    record (:func:`recorded`).
     With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
     fields), a run whose folder is gone with nothing kept but whose rows are in that file is
     refused: a new run would replace rows that other rows' paired comparisons were made against."""
@@ -282,6 +283,10 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
         # Its weights were kept: the run is put back as it was (trained again, on another
         # machine, it need not reproduce: the order of sums differs).
         RunDir(earlier).copy_results(run_dir, weights=True)
+        return _rows(run_dir, read_json(RunDir(run_dir).results), recorded(results, base),
+                     trained=RunDir(run_dir).metrics.exists())
+    if begun and RunDir(run_dir).finished() and RunDir(run_dir).results.exists() and not RunDir(run_dir).checkpoint_epochs():
+        # Put back earlier (no checkpoints to resume from): reported as it is.
         return _rows(run_dir, read_json(RunDir(run_dir).results), recorded(results, base),
                      trained=RunDir(run_dir).metrics.exists())
     if earlier is not None and not weights:
@@ -295,6 +300,7 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     if earlier is not None and len(threads := trained_threads(earlier)) == 1:
         # Trained again with its own thread count: another one changes the order of sums.
         overrides = with_threads(overrides, threads)
+    epochs_before = RunDir(run_dir).read_state()["epoch"] if begun else None
     if begun:
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
@@ -317,6 +323,8 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
                              f"count, or another machine, changes the order of sums): the kept results stay; the new run "
                              f"is in {aside}, for inspection.")
     keep(run_dir, weights=weights)
+    if RunDir(run_dir).read_state()["epoch"] == epochs_before:
+        base = recorded(results, base)  # not trained here, only reported again: as its rows record it
     return _rows(run_dir, rows, base, trained=trainer.optimizer is not None)
 
 
@@ -379,11 +387,12 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-only", action="store_true",
                         help="search (or resume the search) and keep it, then stop: at cpu-full a search fills most of a "
                         "session, and it resumes, or its plan trains, in the next")
-    parser.add_argument("--base", choices=["darec", "pretrained-cf", "pretrained-cf-residual"], default="darec",
+    parser.add_argument("--base", choices=["darec", "pretrained-cf", "pretrained-cf-residual", "pretrained-cf-residual-frozen"],
+                        default="darec",
                         help="the DARec setting the plans are searched and trained on: darec_accuracy.py's variant of that "
                         "name (pretrained-cf: the catalogue head on the item embeddings of a SASRec trained first, that "
                         "script's sasrec-same-data run, put back from its kept weights; pretrained-cf-residual: the same "
-                        "with that SASRec's own user state plus the LLM's projected); runs and rows of a base other "
+                        "with that SASRec's own user state plus the LLM's projected; -frozen: with that SASRec kept fixed); runs and rows of a base other "
                         "than darec are NAME@BASE[-TAG]")
     parser.add_argument("--accuracy-workdir", type=Path, default=WORK / "darec_accuracy",
                         help="darec_accuracy.py's runs: the SASRec a pretrained-cf base starts from, and the run of the base "

@@ -18,7 +18,8 @@ in the loop: ``cf_run``), ``pretrained-cf-frozen`` (the same, kept fixed:
 ``cf_freeze``), ``pretrained-cf-no-masking`` (``pretrained-cf`` with plain causal
 attention: the masking ablation of that setting), ``pretrained-cf-residual`` (``head=residual``:
 that SASRec's own user state plus what the LLM adds, zero at first, so it starts at the SASRec's
-predictions), and two SASRec baselines: ``sasrec`` (our
+predictions), ``pretrained-cf-residual-frozen`` (the same with that SASRec kept fixed: the LLM
+can only add to its predictions, not retrain it), and two SASRec baselines: ``sasrec`` (our
 default SASRec trained to early stopping on all windows, last 50 items) and
 ``sasrec-same-data`` (the budget's history length and windows).
 
@@ -76,14 +77,17 @@ DAREC_VARIANTS = {
     "pretrained-cf-frozen": ["model=darec", "head=items", "cf_freeze=true"],  # likewise
     "pretrained-cf-no-masking": ["model=darec", "head=items", "mask=causal"],  # likewise
     "pretrained-cf-residual": ["model=darec", "head=residual"],  # likewise
+    "pretrained-cf-residual-frozen": ["model=darec", "head=residual", "cf_freeze=true"],  # likewise
 }
-PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen", "pretrained-cf-no-masking", "pretrained-cf-residual")
+PRETRAINED = ("pretrained-cf", "pretrained-cf-frozen", "pretrained-cf-no-masking", "pretrained-cf-residual",
+              "pretrained-cf-residual-frozen")
 SASREC = ["model=sasrec", "loss=ce", "epochs=200", "patience=10"]
 # An ablation and the variants it turns a switch off in (no-injection: the joint or the pre-trained SASRec's
 # injection), judged on validation, paired over the users.
-# pretrained-cf-residual is another head, not a switch: the same comparison chooses between the two on validation.
+# pretrained-cf-residual is another head, not a switch: the same comparison chooses between the two on validation;
+# so for its frozen form, against the residual head trained jointly.
 ABLATION_OF = {"no-masking": ["darec"], "no-injection": ["darec", "pretrained-cf"], "pretrained-cf-no-masking": ["pretrained-cf"],
-               "pretrained-cf-residual": ["pretrained-cf"]}
+               "pretrained-cf-residual": ["pretrained-cf"], "pretrained-cf-residual-frozen": ["pretrained-cf-residual"]}
 VARIANTS = ["darec", "no-masking", "no-injection", "sasrec", "sasrec-same-data", "e4srec", "text-only", "id-only", "semantic",
             "head-items", *PRETRAINED]
 
@@ -181,7 +185,8 @@ def markdown(rows: list[Row]) -> str:
          "Switch off − on: an ablation's validation NDCG@10 minus that of the variant with the switch on (no-masking: darec;",
          "no-injection: darec and pretrained-cf; pretrained-cf-no-masking: pretrained-cf), paired over the validation users",
          "(`darec compare --split valid`): negative where the switch helps (pretrained-cf-residual, another head rather than a",
-         "switch, minus pretrained-cf: positive where the residual head is better); a tagged row, vs untagged: its validation NDCG@10 minus the untagged run's. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
+         "switch, minus pretrained-cf: positive where the residual head is better; pretrained-cf-residual-frozen minus",
+         "pretrained-cf-residual: positive where keeping the SASRec fixed is better); a tagged row, vs untagged: its validation NDCG@10 minus the untagged run's. Rows VARIANT@seedN (VARIANT@TAG@seedN): trained again under seed N",
          "(`--seed N`, with the same `--tag`); \"N seeds\": the same comparison with each user's NDCG@10 averaged over the seeds of each side."],
         ["dataset", "budget", "variant", "epochs (best)", "valid NDCG@10", "test NDCG@10", "test HR@10",
          "test NDCG@10, history excluded", "s / epoch", "vs SASRec (test)", "switch off − on (valid)"], cells)
