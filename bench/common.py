@@ -209,6 +209,11 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
     if unfinished := [r.name for r in references if not RunDir(r).results.exists()]:
         print(f"{runs[0].name}: not compared with {', '.join(unfinished)}, which has not finished", flush=True)
         return rows
+    # Kept results from before per-user metrics of every split were kept, without weights to compute them from.
+    if unread := [r.name for r in [*references, *runs] if not (RunDir(r).per_user(split).exists() or RunDir(r).best.exists())]:
+        print(f"{runs[0].name}: not compared with {references[0].name} on {split}: no per-user {split} metrics "
+              f"or weights of {', '.join(unread)}", flush=True)
+        return rows
     result = compare_runs(references, runs, group=group, split=split)
     for run in [*references, *runs]:  # with the per-user metrics this comparison may have computed
         keep(run)
