@@ -209,7 +209,7 @@ def versus(rows: list[Row], run_dir: Path | list[Path], reference: Path | list[P
     if unfinished := [r.name for r in references if not RunDir(r).results.exists()]:
         print(f"{runs[0].name}: not compared with {', '.join(unfinished)}, which has not finished", flush=True)
         return rows
-    # Kept results from before per-user metrics of every split were kept, without weights to compute them from.
+    # Runs kept before every split's per-user metrics were, without weights to compute them from.
     if unread := [r.name for r in [*references, *runs] if not (RunDir(r).per_user(split).exists() or RunDir(r).best.exists())]:
         print(f"{runs[0].name}: not compared with {references[0].name} on {split}: no per-user {split} metrics "
               f"or weights of {', '.join(unread)}", flush=True)
@@ -281,22 +281,21 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
     With ``results`` (the file the rows go to; ``base`` then holds a :class:`RunSpec`'s
     fields), a run whose folder is gone with nothing kept but whose rows are in that file is
     refused: a new run would replace rows that other rows' paired comparisons were made against."""
+    def as_it_stands(folder: Path) -> list[Row]:
+        """A finished run's rows, not trained here, as its rows in ``results`` record it."""
+        return _rows(folder, read_json(RunDir(folder).results), recorded(results, base), trained=RunDir(folder).metrics.exists())
+
     copy = kept(run_dir)
     begun = RunDir(run_dir).state.exists()
     earlier = copy if not begun and copy is not None and RunDir(copy).finished() else None
     if earlier is not None and weights and RunDir(earlier).best.exists():
         # Its weights were kept: the run is put back as it was (trained again, on another
         # machine, it need not reproduce: the order of sums differs).
-        RunDir(earlier).copy_results(run_dir, weights=True)
-        return _rows(run_dir, read_json(RunDir(run_dir).results), recorded(results, base),
-                     trained=RunDir(run_dir).metrics.exists())
+        return as_it_stands(RunDir(earlier).copy_results(run_dir, weights=True).path)
     if begun and RunDir(run_dir).finished() and RunDir(run_dir).results.exists() and not RunDir(run_dir).checkpoint_epochs():
-        # Put back earlier (no checkpoints to resume from): reported as it is.
-        return _rows(run_dir, read_json(RunDir(run_dir).results), recorded(results, base),
-                     trained=RunDir(run_dir).metrics.exists())
+        return as_it_stands(run_dir)  # put back by an earlier invocation: no checkpoint to resume from
     if earlier is not None and not weights:
-        return _rows(earlier, read_json(RunDir(earlier).results), recorded(results, base),
-                     trained=RunDir(earlier).metrics.exists())
+        return as_it_stands(earlier)
     if earlier is None and not begun and held_row(results, base) is not None:
         spec = RunSpec.of(base)
         raise SystemExit(f"{results} holds rows of {spec.name} ({spec.dataset}, {spec.budget}), but its run folder "

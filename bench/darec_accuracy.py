@@ -207,7 +207,8 @@ def pool_seeds(args: argparse.Namespace) -> None:
         mine = [r for r in written if first.holds(r)]
         if variant.startswith("sasrec") or not mine or not has_finished(where(first)):
             continue
-        pairs = [("sasrec-same-data", "sasrec", "test"), ("sasrec-same-data", "sasrec", "valid"), *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
+        pairs = [("sasrec-same-data", "sasrec", "test"), ("sasrec-same-data", "sasrec", "valid"),
+                 *((full, key(full), "valid") for full in ABLATION_OF.get(variant, []))]
         for reference, name, split in pairs:
             name += "_seeds"
             other = spec(args, reference, seed=0)
