@@ -422,11 +422,14 @@ def restore_search(search_dir: Path, summary_file: Path) -> None:
             copy_atomic(copy, path)
 
 
-def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search], minutes: float) -> dict[str, Any]:
+def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search], minutes: float,
+                 trials: int) -> dict[str, Any]:
     """Run (or resume) the plan search in ``search_dir``, ``new()`` making it the first time;
-    return its summary with ``seconds``: its wall time over every invocation (kept in
-    ``summary_file``, which also records the summary). The summary and the study are kept (see
-    :func:`kept`): a search can span sessions on machines that do not outlive them."""
+    a resumed search runs up to ``trials`` in all where that is more than it was begun with
+    (as ``darec search --resume --trials`` does). Returns its summary with ``seconds``: its wall
+    time over every invocation (kept in ``summary_file``, which also records the summary). The
+    summary and the study are kept (see :func:`kept`): a search can span sessions on machines that
+    do not outlive them."""
     import yaml
 
     earlier = yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0
@@ -434,6 +437,7 @@ def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search]
     if (search_dir / STUDY).exists():
         runner = Search.resume(search_dir)
         runner.config.minutes = minutes
+        runner.config.trials = max(runner.config.trials, trials)
         summary = runner.run(resume=True)
     else:
         summary = new().run()

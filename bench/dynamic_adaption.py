@@ -227,7 +227,8 @@ def main() -> None:
         summary = timed_search(search_dir, summary_file, lambda: Search(
             build_config(overrides=base_overrides), SearchConfig(
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices, start_with=[lora],
-                minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir), args.search_minutes)
+                minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir),
+            args.search_minutes, args.trials)
         search_seconds = summary["seconds"]
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
