@@ -349,11 +349,12 @@ def held_row(results: Path | None, base: Row) -> Row | None:
 
 
 def recorded(results: Path | None, base: Row) -> Row:
-    """``base`` with the command, machine and versions that ``results`` records for the same run,
-    where it holds its rows: a run put back from kept results was produced by that command, on
-    that machine, not by the one putting it back."""
+    """``base`` with the command, machine, versions and seconds an epoch that ``results`` records
+    for the same run, where it holds its rows: a run put back from kept results, or reported again,
+    was produced by that command, on that machine, at that speed, not by the one reporting it."""
     row = held_row(results, base)
-    return base if row is None else {**base, **{f: row[f] for f in ("command", "machine", "versions") if f in row}}
+    fields = ("command", "machine", "versions", "seconds_per_epoch")
+    return base if row is None else {**base, **{f: row[f] for f in fields if f in row}}
 
 
 def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]:
@@ -371,8 +372,8 @@ def _rows(run_dir: Path, rows: list[Row], base: Row, trained: bool) -> list[Row]
                # Cut short by its wall-clock limit or a stop request (darec stop): not converged.
                "time_limited": "stopped" in state,
                **{m: r[m] for m in METRICS}}
-        if trained:
-            row["seconds_per_epoch"] = seconds_per_epoch(run_dir)
+        if trained:  # as recorded, for a run only reported again (its folder may be a later retraining's)
+            row.setdefault("seconds_per_epoch", seconds_per_epoch(run_dir))
         out.append(row)
     return out
 
