@@ -436,10 +436,7 @@ def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search]
     earlier = yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0
     start = time.perf_counter()
     if (search_dir / STUDY).exists():
-        runner = Search.resume(search_dir)
-        runner.config.minutes = minutes
-        runner.config.trials = max(runner.config.trials, trials)
-        summary = runner.run(resume=True)
+        summary = Search.resume(search_dir, trials=trials, minutes=minutes).run(resume=True)
     else:
         summary = new().run()
     summary = {**summary, "seconds": earlier + time.perf_counter() - start}

@@ -91,9 +91,13 @@ def test_start_plans_are_tried_first_and_once(tmp_path: Path) -> None:
     settings = SearchConfig(trials=2, budget=4, rungs=1, sampler="tpe", pruner="none", choices=["none", "lora:4", "ia3"],
                             start_with=["ia3", "none"])
     Search(run, settings, tmp_path / "s").run()
-    resumed = Search.resume(tmp_path / "s")
-    assert resumed.config.start_with == ["ia3", "none"]
-    resumed.config.trials = 3
+    assert Search.resume(tmp_path / "s").config.start_with == ["ia3", "none"]
+    # What a resume may change: the total raised (never lowered), the time limit replaced, start plans added once.
+    assert Search.resume(tmp_path / "s", trials=1).config.trials == 2
+    changed = Search.resume(tmp_path / "s", trials=5, minutes=7.5, start_with=["none", "lora:4"]).config
+    assert (changed.trials, changed.minutes, changed.start_with) == (5, 7.5, ["ia3", "none", "lora:4"])
+    assert changed.choices == settings.choices and changed.budget == settings.budget
+    resumed = Search.resume(tmp_path / "s", trials=3)
     resumed.run(resume=True)  # the start plans are in the study already: not queued again
     import optuna
 
@@ -117,8 +121,7 @@ def test_a_trial_left_running_by_a_killed_search_is_failed_and_its_plan_tried_ag
     search.run()
     study = search._study(create=False)
     left = study.ask({"group_0": optuna.distributions.CategoricalDistribution(["none", "lora:4"])})  # as a kill leaves it
-    resumed = Search.resume(tmp_path / "s")
-    resumed.config.trials = 2
+    resumed = Search.resume(tmp_path / "s", trials=2)
     resumed.run(resume=True)
     trials = optuna.load_study(study_name="darec-plan", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials
     assert trials[left.number].state == optuna.trial.TrialState.FAIL
@@ -166,8 +169,7 @@ def test_a_mixrec_search_is_killed_and_resumes(tmp_path: Path) -> None:
     # A kill leaves a trial running; the resumed search fails it, proposes its plan again and runs on.
     study = search._study(create=False)
     left = study.ask({"group_0_lora:4": optuna.distributions.CategoricalDistribution([False, True])})
-    resumed = Search.resume(tmp_path / "s")
-    resumed.config.trials = 3
+    resumed = Search.resume(tmp_path / "s", trials=3)
     summary = resumed.run(resume=True)
     trials = optuna.load_study(study_name="darec-plan", storage=storage).trials
     assert trials[left.number].state == optuna.trial.TrialState.FAIL and summary["trials"] == 3

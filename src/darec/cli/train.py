@@ -76,10 +76,7 @@ def search(
                          "(train the plan it finds under them: `darec train --plan OUT/best_plan.yaml`)"))
     try:
         if resume:
-            runner = Search.resume(out, console=err)
-            runner.config.trials = max(runner.config.trials, trials or 0)
-            runner.config.minutes = minutes
-            runner.config.start_with = [*runner.config.start_with, *(start_with or [])]
+            runner = Search.resume(out, console=err, trials=trials, minutes=minutes, start_with=start_with or ())
         else:
             values = load_yaml(config) if config else {}
             overrides = [f"data.dataset={dataset}", *(set_ or [])] if dataset else (set_ or [])

@@ -77,13 +77,23 @@ class Search:
         self.groups = layer_groups(self.n_layers, search.groups)
 
     @classmethod
-    def resume(cls, out: str | Path, console: Console | None = None) -> Search:
+    def resume(cls, out: str | Path, console: Console | None = None, *, trials: int | None = None,
+               minutes: float | None = None, start_with: list[str] | tuple[str, ...] = ()) -> Search:
+        """The search begun in ``out``, with its saved settings but for what a resume may change:
+        ``trials`` raises the total to run on to (never lowers it: trials run are not undone),
+        ``minutes`` replaces the time limit (0 = none), ``start_with`` adds plans to try first.
+        Anything else (the space, the budget, the run) stays as begun, so trials stay comparable."""
         path = Path(out) / SETTINGS
         if not path.exists():
             raise FileNotFoundError(f"{out}: nothing to resume (no {SETTINGS})")
         values = load_yaml(path)
         run = build_config(values["run"], source=str(path))
-        return cls(run, from_dict(SearchConfig, values["search"], f"{path}: search"), out, console)
+        search = from_dict(SearchConfig, values["search"], f"{path}: search")
+        search.trials = max(search.trials, trials or 0)
+        if minutes is not None:
+            search.minutes = minutes
+        search.start_with = [*search.start_with, *(entry for entry in start_with if entry not in search.start_with)]
+        return cls(run, search, out, console)
 
     def _study(self, create: bool, finished: int = 0):
         import optuna
