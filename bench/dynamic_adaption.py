@@ -45,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_run, finished_seeds,
+from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_run, finished_seeds, kept,
                     has_finished, machine, main_rows, markdown_table, restore_search, save_rows, search_arguments,
                     timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec_accuracy import overrides_for, sasrec_reference
@@ -157,6 +157,26 @@ def uniform_lora_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> 
     return source.run_dir(args.accuracy_workdir)
 
 
+def search_summary_file(args: argparse.Namespace, workdir: Path) -> Path:
+    """The summary of the search of ``args``' data set, budget and tag, with ``workdir`` this script's runs."""
+    return workdir / args.dataset / args.budget / f"search_summary{f'@{args.tag}' if args.tag else ''}.yaml"
+
+
+def plan_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> Path:
+    """Where this script's run of a plan (``spec``) lives, with ``workdir`` its runs: uniform LoRA's
+    as :func:`uniform_lora_dir` finds it; the searched plan's, where its search kept its first trial
+    (the summary, or its kept copy, gives uniform LoRA), is uniform LoRA's run (trained again under
+    the same settings and seed it would only repeat it); any other in ``workdir``."""
+    if spec.variant == "searched":
+        summary = search_summary_file(args, workdir)
+        summary = summary if summary.exists() else kept(summary)
+        if summary is not None and summary.exists() and yaml.safe_load(summary.read_text()).get("plan") == uniform_lora(args):
+            spec = replace(spec, variant="uniform-lora", tag=tag_of("uniform-lora", args))
+    if spec.variant == "uniform-lora":
+        return uniform_lora_dir(args, spec, workdir)
+    return workdir / spec.dataset / spec.budget / spec.name
+
+
 def markdown(rows: list[Row]) -> str:
     cells = []
     for r, valid in main_rows(rows):
@@ -212,15 +232,8 @@ def main() -> None:
     base_overrides = settings(args, 0)
     work = args.workdir / args.dataset / args.budget
 
-    def own(spec: RunSpec) -> Path:
-        return args.workdir / spec.dataset / spec.budget / spec.name
-
     def where(spec: RunSpec) -> Path:
-        if spec.variant == "searched" and plans.get("searched") == plans["uniform-lora"]:
-            # A search that kept its first trial: its plan is uniform LoRA, whose run it is (trained again under the
-            # same settings and seed it would only repeat it).
-            spec = replace(spec, variant="uniform-lora", tag=tag_of("uniform-lora", args))
-        return uniform_lora_dir(args, spec, args.workdir) if spec.variant == "uniform-lora" else own(spec)
+        return plan_dir(args, spec, args.workdir)
     # Uniform plans; the LoRA one sets the parameter cap of the search.
     lora = uniform_lora(args)
     cap = trainable([*base_overrides, f"plan={lora}"], work / "uniform-lora")
@@ -228,7 +241,7 @@ def main() -> None:
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
     suffix = f"@{args.tag}" if args.tag else ""
-    search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
+    search_dir, summary_file = work / f"search{suffix}", search_summary_file(args, args.workdir)
     restore_search(search_dir, summary_file)  # a search begun on an earlier machine
     study = (search_dir / STUDY).exists()
     if args.search_only and (args.seed or "searched" not in args.plans):
@@ -261,12 +274,12 @@ def main() -> None:
         print(f"{args.dataset}: searched plan {describe_plan(plans['searched'])} ({summary_file}); --search-only: "
               "nothing trained", flush=True)
         return
-    specs = {name: RunSpec(args.dataset, name, args.budget, tag_of(name, args), args.seed) for name in plans}
+    specs = {name: RunSpec(args.dataset, name, args.budget, tag_of(name, args), args.seed) for name in PLANS}
     for name, plan in ((n, p) for n, p in plans.items() if n in args.plans):
         overrides = [*settings(args, args.seed), f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
         same_plan(run_dir, plan)
-        if run_dir != own(run):
+        if run_dir != args.workdir / run.dataset / run.budget / run.name:
             print(f"{run.name}: {run_dir}, the same model trained as uniform LoRA", flush=True)
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
                "settings": " ".join(settings(args, args.seed)), "machine": machine(), "versions": versions(),
@@ -282,9 +295,9 @@ def main() -> None:
         print(f"{args.dataset} {run.name}: done", flush=True)
     # Once both of a pair are trained (perhaps by two processes): the searched plan against each uniform plan, user by
     # user (against uniform LoRA only where it is another plan: the same run against itself is no comparison).
-    if "searched" in specs and has_finished(where(specs["searched"])) and args.results.exists():
+    if has_finished(where(specs["searched"])) and args.results.exists():
         rows = [r for r in map(upgrade_run_row, json.loads(args.results.read_text())) if specs["searched"].holds(r)]
-        for name in ("uniform-lora", "uniform-houlsby"):
+        for name in ("uniform-lora", "uniform-houlsby") if rows else ():
             if where(specs[name]) != where(specs["searched"]) and has_finished(where(specs[name])):
                 rows = versus(rows, where(specs["searched"]), where(specs[name]), name.replace("-", "_"))
         save_rows(args.results, rows, markdown, upgrade_run_row)

@@ -51,7 +51,7 @@ import yaml
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
                     markdown_table, restore_search, save_rows, main_rows, search_arguments, timed_search, train_rows,
                     upgrade_run_row, versions, versus, versus_cell, with_seeds)
-from dynamic_adaption import settings, trainable, uniform_lora, uniform_lora_dir, use_base
+from dynamic_adaption import plan_dir, settings, trainable, uniform_lora, use_base
 from darec.models.llm.adapters import describe_plan
 from darec.search import Search, SearchConfig
 from darec.search.study import STUDY
@@ -72,10 +72,8 @@ def reference(args: argparse.Namespace, name: str, seed: int) -> Path:
     under its own settings."""
     if name == "sasrec":
         return RunSpec(args.dataset, "sasrec-same-data", args.budget, seed=seed).run_dir(args.accuracy_workdir)
-    work = args.workdir.parent / "dynamic_adaption"
-    if name == "uniform_lora":
-        return uniform_lora_dir(args, RunSpec(args.dataset, "uniform-lora", args.budget, args.tag, seed), work)
-    return work / args.dataset / args.budget / RunSpec(args.dataset, "searched", args.budget, args.tag, seed).name
+    variant = {"uniform_lora": "uniform-lora", "darec": "searched"}[name]
+    return plan_dir(args, RunSpec(args.dataset, variant, args.budget, args.tag, seed), args.workdir.parent / "dynamic_adaption")
 
 
 def mixrec_settings(args: argparse.Namespace, seed: int) -> list[str]:
