@@ -428,18 +428,20 @@ def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search]
     """Run (or resume) the plan search in ``search_dir``, ``new()`` making it the first time;
     a resumed search runs up to ``trials`` in all where that is more than it was begun with
     (as ``darec search --resume --trials`` does). Returns its summary with ``seconds``: its wall
-    time over every invocation (kept in ``summary_file``, which also records the summary). The
+    time over every invocation that ran a trial (kept in ``summary_file``, which also records the summary). The
     summary and the study are kept (see :func:`kept`): a search can span sessions on machines that
     do not outlive them."""
     import yaml
 
-    earlier = yaml.safe_load(summary_file.read_text())["seconds"] if summary_file.exists() else 0.0
+    earlier = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {"seconds": 0.0}
     start = time.perf_counter()
     if (search_dir / STUDY).exists():
         summary = Search.resume(search_dir, trials=trials, minutes=minutes).run(resume=True)
     else:
         summary = new().run()
-    summary = {**summary, "seconds": earlier + time.perf_counter() - start}
+    # A resume with no trial left to run (one that only reports the search) adds no search time.
+    ran = summary["trials"] != earlier.get("trials")
+    summary = {**summary, "seconds": earlier["seconds"] + (time.perf_counter() - start if ran else 0.0)}
     atomic_write_text(summary_file, yaml.safe_dump(summary))
     for path in _search_files(search_dir, summary_file):
         copy = kept(path)

@@ -279,11 +279,13 @@ def main() -> None:
         overrides = [*settings(args, args.seed), f"plan={plan}"]
         run, run_dir = specs[name], where(specs[name])
         same_plan(run_dir, plan)
-        if run_dir != args.workdir / run.dataset / run.budget / run.name:
-            print(f"{run.name}: {run_dir}, the same model trained as uniform LoRA", flush=True)
         row = {**run.fields(), "model": "darec", "plan": json.dumps(plan), "plan_summary": describe_plan(plan),
                "settings": " ".join(settings(args, args.seed)), "machine": machine(), "versions": versions(),
                "command": command_line()}
+        if run_dir != args.workdir / run.dataset / run.budget / run.name:
+            print(f"{run.name}: {run_dir}, the same model trained as uniform LoRA", flush=True)
+            # The command that trained it is that run's own (in the results of the script that trained it).
+            row["run_folder"] = str(run_dir.relative_to(HERE.parent) if run_dir.is_relative_to(HERE.parent) else run_dir)
         rows = train_rows(run_dir, overrides, row, results=args.results)
         count = trainable(overrides, run_dir)
         for r in rows:
