@@ -328,11 +328,11 @@ def pool_seeds(args: argparse.Namespace, where) -> None:
         seeds = finished_seeds(written, [searched, other], where)
         if not seeds or where(other) == where(searched):
             continue
-        rows = versus(rows, with_seeds(searched, seeds, where), with_seeds(other, seeds, where),
-                      f"{name.replace('-', '_')}_seeds")
+        column = name.replace("-", "_")
+        rows = versus(rows, with_seeds(searched, seeds, where), with_seeds(other, seeds, where), f"{column}_seeds")
         for row in rows:
-            if f"vs_{name.replace('-', '_')}_seeds" in row:
-                row[SEEDS_POOLED[name.replace("-", "_")]] = 1 + len(seeds)
+            if f"vs_{column}_seeds" in row:
+                row[SEEDS_POOLED[column]] = 1 + len(seeds)
     save_rows(args.results, rows, markdown, upgrade_run_row)
 
 
