@@ -264,6 +264,13 @@ def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iter
     return "\n".join(lines) + "\n"
 
 
+def search_files(work: Path, tag: str) -> tuple[str, Path, Path]:
+    """The ``@TAG`` suffix (empty without a tag) that a search's files and pictures carry, its
+    folder and its summary, with ``work`` the runs of its data set and budget."""
+    suffix = f"@{tag}" if tag else ""
+    return suffix, work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
+
+
 def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bool = False,
                results: Path | None = None, weights: bool = False) -> list[Row]:
     """Train (or resume, or just re-evaluate a finished run in) ``run_dir`` and return its

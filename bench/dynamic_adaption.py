@@ -46,7 +46,7 @@ from pathlib import Path
 import yaml
 
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_run, finished_seeds, kept,
-                    has_finished, machine, main_rows, markdown_table, restore_search, save_rows, search_arguments,
+                    has_finished, machine, main_rows, markdown_table, restore_search, save_rows, search_arguments, search_files,
                     timed_search, train_rows, upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from darec_accuracy import overrides_for, sasrec_reference
 from darec.models.base import trainable_parameters
@@ -157,18 +157,13 @@ def uniform_lora_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> 
     return source.run_dir(args.accuracy_workdir)
 
 
-def search_summary_file(args: argparse.Namespace, workdir: Path) -> Path:
-    """The summary of the search of ``args``' data set, budget and tag, with ``workdir`` this script's runs."""
-    return workdir / args.dataset / args.budget / f"search_summary{f'@{args.tag}' if args.tag else ''}.yaml"
-
-
 def plan_dir(args: argparse.Namespace, spec: RunSpec, workdir: Path) -> Path:
     """Where this script's run of a plan (``spec``) lives, with ``workdir`` its runs: uniform LoRA's
     as :func:`uniform_lora_dir` finds it; the searched plan's, where its search kept its first trial
     (the summary, or its kept copy, gives uniform LoRA), is uniform LoRA's run (trained again under
     the same settings and seed it would only repeat it); any other in ``workdir``."""
     if spec.variant == "searched":
-        summary = search_summary_file(args, workdir)
+        summary = search_files(workdir / args.dataset / args.budget, args.tag)[2]
         summary = summary if summary.exists() else kept(summary)
         if summary is not None and summary.exists() and yaml.safe_load(summary.read_text()).get("plan") == uniform_lora(args):
             spec = replace(spec, variant="uniform-lora", tag=tag_of("uniform-lora", args))
@@ -240,8 +235,7 @@ def main() -> None:
     uniform = {"uniform-lora": lora, "uniform-houlsby": [f"houlsby:{args.houlsby or houlsby_size(args, cap)}"] * len(lora)}
 
     plans, summary, search_seconds = dict(uniform), {}, 0.0
-    suffix = f"@{args.tag}" if args.tag else ""
-    search_dir, summary_file = work / f"search{suffix}", search_summary_file(args, args.workdir)
+    suffix, search_dir, summary_file = search_files(work, args.tag)
     restore_search(search_dir, summary_file)  # a search begun on an earlier machine
     study = (search_dir / STUDY).exists()
     if args.search_only and (args.seed or "searched" not in args.plans):

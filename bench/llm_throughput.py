@@ -15,7 +15,11 @@ Paths, measured on the same batches in one invocation (``--paths``):
 - ``bf16-nodrop``: also no LoRA dropout (``lora:8``'s default now);
 - ``bf16-nodrop-compiled-sdpa``: also the decoder layers compiled, attention by transformers' SDPA;
 - ``bf16-nodrop-compiled``: the same with darec's attention (SDPA's forward, its own CPU
-  backward: ``darec.models.llm.attention``), ``darec train``'s default path on such a CPU.
+  backward: ``darec.models.llm.attention``), ``darec train``'s default path on such a CPU;
+- ``fp32-nodrop``, ``fp32-nodrop-compiled``: the same levers in fp32, the second ``darec
+  train``'s default path on a CPU without native bf16 units (AVX2 only, say).
+
+``--tag T`` names the rows ``PATH@T`` (say, a second machine's), so they sit beside the others.
 
 MFU: ``4 x N x tokens/s`` (N the backbone's non-embedding parameters: with a frozen
 backbone the weight gradients are skipped, so about 4N FLOPs a token are done) over the
@@ -29,6 +33,7 @@ run (``cpu_mfu`` on CPU). ``6N`` MFU, the usual convention, is kept too.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -42,7 +47,7 @@ from darec.data import load_dataset
 from darec.data.batching import Batch, training_windows
 from darec.models import build_model
 from darec.train import build_config
-from darec.device import adamw, apply_compile, apply_precision, autocast
+from darec.device import adamw, apply_compile, apply_precision, autocast, fast_cpu_bf16
 from darec.models.llm.attention import NAME as ATTENTION
 from darec.models.llm.backbone import layer_count
 
@@ -58,6 +63,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int
         times = [timed(lambda: a @ b, device) for _ in range(repeats + 2)][2:]
         rates.append(2 * m * k * n / statistics.median(times))
     return statistics.median(rates)
+
+
+@functools.cache
+def other_precision_rate(precision: str, shapes: tuple[tuple[int, int, int], ...]) -> float:
+    """The CPU's matmul rate at ``shapes`` in the precision other than ``precision`` (once a run,
+    few repeats: emulated bf16 can be 60 times slower than fp32), to show what the path not
+    taken would have had."""
+    return matmul_peak(torch.device("cpu"), torch.float32 if precision == "bf16" else torch.bfloat16, list(shapes), repeats=1)
 
 
 def model_shapes(config, tokens: int) -> list[tuple[int, int, int]]:
@@ -96,7 +109,15 @@ PATHS = {
     "bf16-nodrop": ExecutionPath("bf16", lora_dropout=0.0),
     "bf16-nodrop-compiled-sdpa": ExecutionPath("bf16", lora_dropout=0.0, compiled=True, attention="sdpa"),
     "bf16-nodrop-compiled": ExecutionPath("bf16", lora_dropout=0.0, compiled=True),
+    # darec train's path on a CPU without native bf16 matrix units (precision=auto keeps fp32 there).
+    "fp32-nodrop": ExecutionPath("fp32", hold=False, lora_dropout=0.0),
+    "fp32-nodrop-compiled": ExecutionPath("fp32", hold=False, lora_dropout=0.0, compiled=True),
 }
+
+
+def default_path() -> str:
+    """The path ``darec train`` takes on this CPU: bf16 where it has native bf16 matrix units, else fp32."""
+    return "bf16-nodrop-compiled" if fast_cpu_bf16() else "fp32-nodrop-compiled"
 
 
 def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, data) -> torch.nn.Module:
@@ -179,15 +200,17 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
     rates = [n / t for n, t in zip(tokens[args.warmup :], times[args.warmup :])]
     tokens_per_second = statistics.median(rates)
     params = sum(p.numel() for n, p in model.llm.named_parameters() if "embed" not in n and not p.requires_grad)
-    shapes = model_shapes(model.llm.config, int(statistics.median(tokens)))
+    shapes = tuple(model_shapes(model.llm.config, int(statistics.median(tokens))))
     peak = matmul_peak(device, torch.bfloat16 if path.precision == "bf16" else torch.float32, shapes)
     layers = model.llm.config.num_hidden_layers
     mfu = flops_per_param * params * tokens_per_second / peak
+    tagged = f"{name}@{args.tag}" if args.tag else name
     return {
         "dataset": args.dataset, "model": "darec",
-        "variant": f"{device.type}:{name}:{layers}-layers:batch-{args.batch_size}{':checkpointing' if args.gradient_checkpointing else ''}"
+        "variant": f"{device.type}:{tagged}:{layers}-layers:batch-{args.batch_size}{':checkpointing' if args.gradient_checkpointing else ''}"
                    f"{':inference' if task == 'inference' else ''}",
-        "path": name, "task": task, "protocol": None, "split": None,
+        "path": tagged, "task": task,
+        **({"darec_default": name == default_path()} if device.type == "cpu" else {}), "protocol": None, "split": None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled,
         # What ran: darec's backward only where it is used (a compiled layer, training); SDPA elsewhere.
@@ -199,7 +222,7 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
         "compile_seconds": sum(t - steady for t in times[: args.warmup]) if path.compiled else None,
         "tokens_per_second": tokens_per_second, "non_embedding_params": params,
         "matmul_flops_at_model_shapes": peak, "flops_per_token": flops_per_param * params, "mfu": mfu,
-        **({"cpu_mfu": mfu} if device.type == "cpu" else {}),
+        **({"cpu_mfu": mfu, "other_precision_matmul_flops": other_precision_rate(path.precision, shapes)} if device.type == "cpu" else {}),
         "machine": machine(), "versions": versions(), "command": command_line(),
     }
 
@@ -227,13 +250,22 @@ def markdown(rows: list[Row]) -> str:
     def cells(r: Row) -> list[str]:
         compile_cell = f"{r['compile_seconds']:.0f}" if r.get("compile_seconds") is not None else ""
         baseline = f"{r['baseline_tokens_per_second']:.0f}" if "baseline_tokens_per_second" in r else ""
-        return [r["device"], r.get("path", r["precision"]), r.get("task", "train"), r.get("attention", "sdpa"),
+        # A CPU row names its CPU: which one (its bf16 units) decides which path is fastest.
+        device = f"cpu: {r['machine'].split(', ')[1]}" if r["device"] == "cpu" else r["device"]
+        path = r.get("path", r["precision"]) + (" (default)" if r.get("darec_default") else "")
+        return [device, path, r.get("task", "train"), r.get("attention", "sdpa"),
                 r["variant"].split(":")[2].split("-")[0],
                 str(r["threads"]), str(r["batch_size"]), str(r["max_len"]), str(r["item_tokens"]),
                 "yes" if r["gradient_checkpointing"] else "no", f"{r['tokens_per_step']:.0f}", f"{r['tokens_per_second']:.0f}",
                 baseline, f"{r['speedup']:.2f}x" if "speedup" in r else "", f"{r['matmul_flops_at_model_shapes'] / 1e12:.3f}",
                 f"{r['mfu']:.1%}", compile_cell]
 
+    rates: dict[str, dict[str, float]] = {}  # CPU -> precision -> matmul FLOP/s, the latest row's of each
+    for r in rows:
+        if "other_precision_matmul_flops" in r:
+            other = "fp32" if r["precision"] == "bf16" else "bf16"
+            rates[cells(r)[0]] = {r["precision"]: r["matmul_flops_at_model_shapes"], other: r["other_precision_matmul_flops"]}
+    measured = [f"{cpu}: fp32 {rate['fp32'] / 1e9:.1f}, bf16 {rate['bf16'] / 1e9:.1f} GFLOP/s." for cpu, rate in rates.items()]
     return markdown_table(
         "DARec throughput (generated by bench/llm_throughput.py from llm_throughput.json)",
         ["SmolLM2-135M shape, random weights, ml-100k-like batches. Paths: fp32 eager (the baseline: LoRA dropout 0.05),",
@@ -250,7 +282,9 @@ def markdown(rows: list[Row]) -> str:
          "(addmm, run as -compiled then): slower, so removed (git 666c249). Their MFU is unreliable: the matmul rate beside",
          "them varied 0.46 to 0.71. Rows @fold-ab: one run on 2026-12-02, nothing else running, another machine (so",
          "their own fp32 baseline): -folded, LoRA folded into the frozen GEMM's inner dimension ([x, Ax] [W, sB]^T, a",
-         "peft custom module): no gain (619 against 629), removed."],
+         "peft custom module): no gain (619 against 629), removed. (default): the path `darec train` takes on that CPU",
+         "(precision=auto: bf16 only where the CPU has AMX-BF16 or AVX512-BF16). Matmul rates of both precisions at the",
+         "model's shapes, at the rows' thread count, on each CPU whose rows measured both:", *measured],
         ["device", "path", "task", "attention", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
          "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
 
@@ -269,6 +303,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="name the rows PATH@TAG (another machine's, say), beside the others")
     parser.add_argument("--profile", type=Path, default=None, help="also profile two steps; append the op table to this file")
     parser.add_argument("--inference", action="store_true", help="also time scoring the catalogue (one row a path)")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),

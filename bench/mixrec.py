@@ -49,7 +49,7 @@ from pathlib import Path
 import yaml
 
 from common import (HERE, TIME_LIMITED, Row, RunSpec, command_line, epochs_cell, finished_seeds, has_finished, machine,
-                    markdown_table, restore_search, save_rows, main_rows, search_arguments, timed_search, train_rows,
+                    markdown_table, restore_search, save_rows, main_rows, search_arguments, search_files, timed_search, train_rows,
                     upgrade_run_row, versions, versus, versus_cell, with_seeds)
 from dynamic_adaption import plan_dir, settings, trainable, uniform_lora, use_base
 from darec.models.llm.adapters import describe_plan
@@ -143,8 +143,7 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     use_base(args)
     work = args.workdir / args.dataset / args.budget
-    suffix = f"@{args.tag}" if args.tag else ""
-    search_dir, summary_file = work / f"search{suffix}", work / f"search_summary{suffix}.yaml"
+    suffix, search_dir, summary_file = search_files(work, args.tag)
     restore_search(search_dir, summary_file)  # a search begun on an earlier machine
     if args.search_only and args.seed:
         raise SystemExit("--search-only searches: it takes no --seed")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -28,6 +30,17 @@ def test_auto_is_bf16_for_a_pretrained_backbone_on_a_cpu_with_native_bf16_only(m
     monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda: False)
     assert resolve_precision(CPU, "auto", darec) == "fp32"  # emulated bf16 is slower
     assert resolve_precision(CPU, "bf16", darec) == "bf16"  # asked for: granted
+
+
+def test_bf16_asked_for_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    for native, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(device_module, "fast_cpu_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="darec"):
+            assert apply_precision(_darec(), CPU, "bf16") == "bf16"  # still granted
+            apply_precision(_darec(), CPU, "auto")  # fp32 there: nothing to warn of
+        assert ["emulated" in r.getMessage() for r in caplog.records] == [warned] * warned, native
 
 
 def test_bf16_holds_the_backbone_in_bf16_and_the_rest_in_fp32() -> None:

@@ -104,6 +104,11 @@ def apply_precision(model: nn.Module, device: torch.device, precision: str) -> s
     kept as ``model.precision``: a model holding bf16 weights runs them under autocast itself,
     so it scores the same in training, evaluation and serving."""
     resolved = resolve_precision(device, precision, model)
+    if resolved == "bf16" and device.type == "cpu" and not fast_cpu_bf16():
+        # Asked for (or a run trained in bf16 loaded here): emulated bf16 matmuls ran 35-60 times slower
+        # than fp32 on an AVX2-only CPU (bench/results/llm_throughput.md), so say so before it crawls.
+        log.warning("precision=bf16 on a CPU without native bf16 matrix units (AMX-BF16 or AVX512-BF16): its "
+                    "bf16 matmuls are emulated, far slower than fp32 here; precision=auto (or fp32) avoids that")
     if resolved == "bf16":
         pretrained = pretrained_parameters(model)
         for name, p in model.named_parameters():
