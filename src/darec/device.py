@@ -84,6 +84,17 @@ def resolve_precision(device: torch.device, precision: str, model: nn.Module | N
     return "fp32"
 
 
+def loaded_precision(device: torch.device, trained: str) -> str:
+    """The precision a finished run's model scores in on ``device``: the one it was trained in
+    (``trained``), except bf16 on a CPU without native bf16 matrix units, where fp32: bf16
+    matmuls are emulated there, 35-60 times slower than fp32 (a model trained on a machine with
+    AMX, served on a laptop), and fp32 differs from bf16 only by its rounding."""
+    if trained == "bf16" and device.type == "cpu" and not fast_cpu_bf16():
+        log.info("trained in bf16; scoring in fp32 here (this CPU has no native bf16 matrix units)")
+        return "fp32"
+    return trained
+
+
 def pretrained_parameters(model: nn.Module) -> set[str]:
     """Names of the frozen pretrained parameters (the ones a model rebuilds from their source)."""
     return set(getattr(model, "rebuilt_state_keys", set)())

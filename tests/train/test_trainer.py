@@ -79,6 +79,20 @@ def test_run_directory_contents_and_reload(tmp_path: Path) -> None:
         Trainer(build_config(overrides=FAST), tmp_path / "r", progress=False)
 
 
+def test_a_bf16_run_is_scored_in_bf16_only_where_the_cpu_multiplies_bf16_natively(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import darec.device
+
+    overrides = ["model=darec", "backbone=tiny", "item_tokens=4", "lora_r=2", "precision=bf16", "dataset=synthetic-tiny",
+                 "max_len=8", "epochs=1", "compile=off"]
+    Trainer(build_config(overrides=overrides), tmp_path / "r", progress=False).fit(final_evaluation=False)
+    for native, precision in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(darec.device, "fast_cpu_bf16", lambda native=native: native)
+        model = load_run(tmp_path / "r", device="cpu").model
+        backbone = {p.dtype for name, p in model.named_parameters() if name in model.rebuilt_state_keys()}
+        assert model.precision == precision and backbone == {getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[precision])}
+
+
 def test_a_stop_request_ends_the_run_at_its_next_step_validated_and_evaluated(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     with pytest.raises(InputError, match="not a run directory that has begun"):

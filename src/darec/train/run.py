@@ -46,7 +46,7 @@ import torch
 
 from darec.config import ConfigError, load_yaml
 from darec.data.dataset import SequenceDataset
-from darec.device import apply_precision, resolve_device
+from darec.device import apply_precision, loaded_precision, resolve_device
 from darec.errors import InputError, RunInUse
 from darec.io import DamagedFile, atomic_write_json, copy_atomic, read_json, sha256
 from darec.models import SequentialRecommender, build_model
@@ -324,5 +324,5 @@ def load_run(run_dir: Path, device: str = "auto") -> LoadedRun:
     target = resolve_device(device if device != "auto" else config.train.device)
     load_model_state(model, weights)
     model.to(target).eval()
-    apply_precision(model, target, config.train.precision)  # evaluated as it was trained
+    apply_precision(model, target, loaded_precision(target, config.train.precision))  # as trained, where fast here
     return LoadedRun(config, model, id_map, state or {})
