@@ -19,7 +19,9 @@ Paths, measured on the same batches in one invocation (``--paths``):
 - ``fp32-nodrop``, ``fp32-nodrop-compiled``: the same levers in fp32, the second ``darec
   train``'s default path on a CPU without native bf16 units (AVX2 only, say).
 
-``--tag T`` names the rows ``PATH@T`` (say, a second machine's), so they sit beside the others.
+``--tag T`` names the rows ``PATH@T`` (say, a second machine's), so they sit beside the others;
+``--adapters lora:8 houlsby:34`` measures each path with each adapter in every layer (rows
+``PATH+houlsby-34``), in one run.
 
 MFU: ``4 x N x tokens/s`` (N the backbone's non-embedding parameters: with a frozen
 backbone the weight gradients are skipped, so about 4N FLOPs a token are done) over the
@@ -52,6 +54,7 @@ from darec.models.llm.attention import NAME as ATTENTION
 from darec.models.llm.backbone import layer_count
 
 RESULTS = HERE / "results" / "llm_throughput.json"
+ADAPTER = "lora:8"  # darec's default plan entry, in every layer: the rows without +ADAPTER in their path
 SHAPE = HERE / "configs" / "smollm2-135m.json"
 
 
@@ -120,9 +123,10 @@ def default_path() -> str:
     return "bf16-nodrop-compiled" if fast_cpu_bf16() else "fp32-nodrop-compiled"
 
 
-def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, data) -> torch.nn.Module:
+def build(device: torch.device, path: ExecutionPath, args: argparse.Namespace, data, adapter: str) -> torch.nn.Module:
     layers = layer_count(f"random:{args.shape}", args.keep_layers or None)
-    plan = ", ".join([f"lora:8:dropout={path.lora_dropout:g}"] * layers)
+    entry = f"{adapter}:dropout={path.lora_dropout:g}" if adapter.startswith("lora:") else adapter
+    plan = ", ".join([entry] * layers)
     overrides = ["model=darec", f"backbone=random:{args.shape}", f"item_tokens={args.item_tokens}", f"plan=[{plan}]",
                  f"keep_layers={args.keep_layers}", f"gradient_checkpointing={args.gradient_checkpointing}"]
     config = build_config(overrides=overrides)
@@ -164,18 +168,19 @@ def training_step(model: torch.nn.Module, device: torch.device, precision: str) 
     return step
 
 
-def measure(device: torch.device, name: str, args: argparse.Namespace) -> list[Row]:
-    """A training row, and with ``--inference`` one for scoring the catalogue, for one path."""
+def measure(device: torch.device, name: str, args: argparse.Namespace, adapter: str = ADAPTER) -> list[Row]:
+    """A training row, and with ``--inference`` one for scoring the catalogue, for one path with
+    ``adapter`` in every layer."""
     path = PATHS[name]
     data = load_dataset(args.dataset)
-    model = build(device, path, args, data)
+    model = build(device, path, args, data, adapter)
     batches = full_batches(data, args.max_len, args.batch_size, args.warmup + args.steps, device)
     step = training_step(model, device, path.precision)
     times = [timed(lambda b=b: step(b), device) for b in batches]
     if args.profile:
         profile(step, batches[-2:], device, args.profile)
     tokens = [int((model._pack(b.items[:, :-1]).item_index >= 0).sum()) for b in batches]
-    rows = [row(model, device, name, args, "train", tokens, times, 4)]
+    rows = [row(model, device, name, args, "train", tokens, times, 4, adapter)]
     if args.inference:
         model.eval()
         users = [b.items[:, 1:] for b in batches]  # each window's last max_len items: a user's history
@@ -187,12 +192,12 @@ def measure(device: torch.device, name: str, args: argparse.Namespace) -> list[R
 
         times = [timed(lambda i=i: score(i), device) for i in range(len(users))]
         tokens = [int((model._pack(u).item_index >= 0).sum()) for u in users]
-        rows.append(row(model, device, name, args, "inference", tokens, times, 2))
+        rows.append(row(model, device, name, args, "inference", tokens, times, 2, adapter))
     return rows
 
 
 def row(model, device: torch.device, name: str, args: argparse.Namespace, task: str, tokens: list[int], times: list[float],
-        flops_per_param: int) -> Row:
+        flops_per_param: int, adapter: str = ADAPTER) -> Row:
     """Tokens/s over the timed steps (after the warm-up ones); MFU at ``flops_per_param`` x N
     FLOPs a token (4 for training with a frozen backbone, 2 for a forward pass)."""
     path = PATHS[name]
@@ -204,12 +209,12 @@ def row(model, device: torch.device, name: str, args: argparse.Namespace, task: 
     peak = matmul_peak(device, torch.bfloat16 if path.precision == "bf16" else torch.float32, shapes)
     layers = model.llm.config.num_hidden_layers
     mfu = flops_per_param * params * tokens_per_second / peak
-    tagged = f"{name}@{args.tag}" if args.tag else name
+    tagged = name + (f"+{adapter.replace(':', '-')}" if adapter != ADAPTER else "") + (f"@{args.tag}" if args.tag else "")
     return {
         "dataset": args.dataset, "model": "darec",
         "variant": f"{device.type}:{tagged}:{layers}-layers:batch-{args.batch_size}{':checkpointing' if args.gradient_checkpointing else ''}"
                    f"{':inference' if task == 'inference' else ''}",
-        "path": tagged, "task": task,
+        "path": tagged, "task": task, "adapter": adapter,
         **({"darec_default": name == default_path()} if device.type == "cpu" else {}), "protocol": None, "split": None,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": path.precision, "lora_dropout": path.lora_dropout, "compiled": path.compiled,
@@ -283,7 +288,8 @@ def markdown(rows: list[Row]) -> str:
          "them varied 0.46 to 0.71. Rows @fold-ab: one run on 2026-12-02, nothing else running, another machine (so",
          "their own fp32 baseline): -folded, LoRA folded into the frozen GEMM's inner dimension ([x, Ax] [W, sB]^T, a",
          "peft custom module): no gain (619 against 629), removed. (default): the path `darec train` takes on that CPU",
-         "(precision=auto: bf16 only where the CPU has AMX-BF16 or AVX512-BF16). Matmul rates of both precisions at the",
+         "(precision=auto: bf16 only where the CPU has AMX-BF16 or AVX512-BF16). PATH+ADAPTER: the path with that adapter",
+         "in every layer instead of lora:8, in the same run as the lora:8 rows. Matmul rates of both precisions at the",
          "model's shapes, at the rows' thread count, on each CPU whose rows measured both:", *measured],
         ["device", "path", "task", "attention", "layers", "threads", "batch", "items", "tokens / item", "checkpointing", "tokens / step",
          "tokens / s", "fp32 tokens / s", "speedup", "matmul TFLOP/s (measured)", "MFU", "compile s"], map(cells, rows))
@@ -306,6 +312,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="name the rows PATH@TAG (another machine's, say), beside the others")
     parser.add_argument("--profile", type=Path, default=None, help="also profile two steps; append the op table to this file")
     parser.add_argument("--inference", action="store_true", help="also time scoring the catalogue (one row a path)")
+    parser.add_argument("--adapters", nargs="+", default=[ADAPTER],
+                        help="the adapter in every layer, one row set each (the first's fp32 is every row's baseline), "
+                             "e.g. lora:8 houlsby:34: what a plan's adapters cost, measured in one run")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="execution paths, fp32 first (the baseline of each row's speedup)")
     args = parser.parse_args()
@@ -316,9 +325,9 @@ def main() -> None:
             print("no CUDA device: skipped", flush=True)
             continue
         baseline: dict[str, float] = {}  # task -> fp32 tokens/s
-        for path in args.paths:
-            for row in measure(torch.device(name), path, args):
-                if path == "fp32":
+        for adapter, path in ((a, p) for a in args.adapters for p in args.paths):
+            for row in measure(torch.device(name), path, args, adapter):
+                if path == "fp32" and adapter == args.adapters[0]:
                     baseline[row["task"]] = row["tokens_per_second"]
                 if row["task"] in baseline:
                     reference = baseline[row["task"]]

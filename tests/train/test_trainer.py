@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from darec.config import ConfigError
 from darec.errors import InputError
+from darec.io import DamagedFile
 from darec.train import Trainer, build_config
 from darec.train.run import RunDir, load_run
 from darec.train.trainer import lr_factor, seconds_per_epoch, trained_threads
@@ -183,6 +184,25 @@ def test_a_finished_run_goes_on_with_a_larger_budget(tmp_path: Path) -> None:
     assert load_run(tmp_path / "r").config.train.epochs == 4
     with pytest.raises(ConfigError, match="model.hidden_size"):
         Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["hidden_size=32"])
+
+
+def test_a_finished_run_whose_checkpoints_are_gone_is_evaluated_but_cannot_go_on(tmp_path: Path) -> None:
+    import shutil
+
+    rows = Trainer(build_config(overrides=[*FAST, "epochs=2"]), tmp_path / "r", progress=False).fit()
+    for folder in (tmp_path / "r").glob("checkpoint-*"):
+        shutil.rmtree(folder)  # deleted to save space: the best weights and results stay
+    config = (tmp_path / "r" / "config.yaml").read_text()
+    (tmp_path / "r" / "results.json").unlink()  # so its evaluation is redone, from the best weights alone
+    assert Trainer(None, tmp_path / "r", resume=True, progress=False).fit() == rows
+    with pytest.raises(ConfigError, match="checkpoint is gone, so it cannot train past epoch 2"):
+        Trainer(None, tmp_path / "r", resume=True, progress=False, overrides=["epochs=4"])
+    assert (tmp_path / "r" / "config.yaml").read_text() == config  # the refused budget is not written
+    assert Trainer(None, tmp_path / "r", resume=True, progress=False).fit() == rows  # its kept evaluation, read
+    for gone in ("model.safetensors", "results.json"):  # no best weights either: nothing to score
+        (tmp_path / "r" / gone).unlink()
+    with pytest.raises(DamagedFile, match="model.safetensors: missing .* checkpoints are gone too"):
+        Trainer(None, tmp_path / "r", resume=True, progress=False).fit()
 
 
 def test_a_finished_run_asked_again_reads_its_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -209,8 +209,9 @@ class RunDir:
             log.warning(f"{self.best} {problem}; using {staged}, which holds the weights it should "
                         "(`darec train --resume` puts them back)")
             return staged
-        raise DamagedFile(f"{self.best}: {problem} (damaged, or written by an epoch the run never committed); "
-                          "`darec train --resume` trains it again")
+        hint = ("its checkpoints are gone too, so it cannot be scored again" if state.get("checkpoint") is None and state.get("epoch")
+                else "`darec train --resume` trains it again")
+        raise DamagedFile(f"{self.best}: {problem} (damaged, or written by an epoch the run never committed); {hint}")
 
     def verify_checkpoint(self, state: dict[str, Any]) -> None:
         """Refuse the checkpoint ``state`` names if any of its files is missing or damaged."""
@@ -222,9 +223,19 @@ class RunDir:
                 raise DamagedFile(f"{folder / name}: missing")
             verify(folder / name, expected)
 
+    def checkpoint_gone(self, state: dict[str, Any]) -> str:
+        """Why the checkpoint ``state`` names cannot be resumed from (empty if it can)."""
+        try:
+            self.verify_checkpoint(state)
+        except DamagedFile as exc:
+            return str(exc)
+        return ""
+
     def resume_point(self) -> tuple[dict[str, Any], list[str]]:
         """The newest committed state whose checkpoint is intact: ``trainer_state.json``, else
-        the copy in the newest checkpoint folder that is whole; and why newer ones were passed over."""
+        the copy in the newest checkpoint folder that is whole; and why newer ones were passed over.
+        A finished run whose checkpoint is gone but whose best weights are whole resumes from its
+        state with no checkpoint (``checkpoint: None`` from then on): it is evaluated, not trained."""
         candidates = [self.state, *(self.checkpoint(e) / STATE for e in self.checkpoint_epochs())]
         candidates = [c for c in candidates if c.exists()]
         if not candidates:
@@ -233,8 +244,15 @@ class RunDir:
         for path in candidates:
             try:
                 state = self.read_state(path)
-                self.verify_checkpoint(state)
-                return state, passed_over
+                gone = self.checkpoint_gone(state)
+                if not gone:
+                    return state, passed_over
+                if state.get("finished") and path == self.state:
+                    # Finished: only its best weights are needed to evaluate it (checkpoints deleted to
+                    # save space, or results put back elsewhere); it just cannot train further.
+                    self.best_weights(state)
+                    return {**state, "checkpoint": None}, [*passed_over, gone]
+                raise DamagedFile(gone)
             except DamagedFile as exc:
                 if str(exc) not in passed_over:  # the state and its copy name the same damaged checkpoint
                     passed_over.append(str(exc))

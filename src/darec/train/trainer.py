@@ -118,8 +118,9 @@ class Trainer:
                 resume, extended = False, False
             else:
                 for reason in passed_over:
-                    self.console.log(f"[yellow]{reason}; resuming from {resume_state['checkpoint']} "
-                                     f"(epoch {resume_state['epoch']})")
+                    self.console.log(f"[yellow]{reason}; " + (f"resuming from {resume_state['checkpoint']} (epoch "
+                                     f"{resume_state['epoch']})" if resume_state["checkpoint"] else
+                                     "the run is finished: its best weights are evaluated, it cannot train further"))
                 if self.main:
                     check_writable(self.run_dir)
                     self.hold = self.run.hold()
@@ -212,6 +213,9 @@ class Trainer:
             # Nothing more to train: the run keeps the budget it ran under, so its config says what ran.
             kept = [o for o in overrides if override_name(o) not in BUDGET_KEYS]
             new, diff = self._overridden(saved, kept, state["epoch"])
+        elif state.get("finished") and state["epoch"] and state["checkpoint"] is None:
+            raise ConfigError(f"{self.run_dir}: its checkpoint is gone, so it cannot train past epoch {state['epoch']}; "
+                              "its results stand (start a new run for a larger budget)")
         if diff and self.main:
             atomic_write_text(self.run.config, new.to_yaml())
             state["config_sha256"] = sha256(self.run.config)
