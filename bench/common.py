@@ -24,10 +24,11 @@ import torch
 
 from darec.io import atomic_write_json, atomic_write_text, copy_atomic, read_json
 from darec.config import override_name
+from darec.device import fast_cpu_bf16, resolve_device
 from darec.search import Search
 from darec.search.study import SETTINGS, STUDY
 from darec.train import Trainer, build_config
-from darec.train.config import TrainConfig, config_keys
+from darec.train.config import RunConfig, TrainConfig, config_keys
 from darec.train.run import RunDir, load_run
 from darec.train.significance import compare_runs
 from darec.train.evaluate import result_rows
@@ -264,6 +265,28 @@ def markdown_table(title: str, notes: list[str], columns: list[str], cells: Iter
     return "\n".join(lines) + "\n"
 
 
+# Budgets whose LLM runs were all trained in bf16 (precision=auto on a CPU with AMX-BF16/AVX512-BF16):
+# a run of them trained in fp32 would sit in their tables beside bf16 runs, at a fraction of their speed.
+BF16_BUDGETS = ("cpu-full",)
+
+
+def refuse_emulated_bf16(config: RunConfig, budget: str | None, what: str) -> None:
+    """Stop before training ``what`` (a run or a search of ``config``) on a CPU without native
+    bf16 matrix units where it would run in bf16 (emulated there, 35-60x slower than fp32: a
+    resumed run keeps the precision it began in) or, with ``precision=auto``, in fp32 while the
+    rest of its ``budget``'s runs were bf16. ``--set precision=fp32`` does the latter knowingly."""
+    if not hasattr(config.model, "backbone") or resolve_device(config.train.device).type != "cpu" or fast_cpu_bf16():
+        return
+    cpu = machine().split(", ")[1]
+    if config.train.precision == "bf16":
+        raise SystemExit(f"{what} trains in bf16, which this CPU ({cpu}, no AMX-BF16 or AVX512-BF16) emulates 35-60x "
+                         "slower than fp32: run it on a CPU with either")
+    if config.train.precision == "auto" and budget in BF16_BUDGETS:
+        raise SystemExit(f"{what}: the {budget} budget's runs train in bf16 (precision=auto on a CPU with AMX-BF16 or "
+                         f"AVX512-BF16); this CPU ({cpu}) has neither, so it would train in fp32, several times slower, and "
+                         "its rows would sit beside bf16 runs. Run it on such a CPU, or --set precision=fp32 knowingly.")
+
+
 def search_files(work: Path, tag: str) -> tuple[str, Path, Path]:
     """The ``@TAG`` suffix (empty without a tag) that a search's files and pictures carry, its
     folder and its summary, with ``work`` the runs of its data set and budget."""
@@ -312,6 +335,8 @@ def train_rows(run_dir: Path, overrides: list[str], base: Row, evaluate_only: bo
         # Trained again with its own thread count: another one changes the order of sums.
         overrides = with_threads(overrides, threads)
     epochs_before = RunDir(run_dir).read_state()["epoch"] if begun else None
+    refuse_emulated_bf16(RunDir(run_dir).read_config() if begun else build_config(overrides=overrides), base.get("budget"),
+                         str(run_dir))
     if begun:
         # The run's own settings, but a larger budget given here extends it (e.g. epochs=200 after a cap of 50).
         budget = [o for o in overrides if override_name(o) in RESUME_KEYS]
@@ -431,7 +456,7 @@ def restore_search(search_dir: Path, summary_file: Path) -> None:
 
 
 def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search], minutes: float,
-                 trials: int) -> dict[str, Any]:
+                 trials: int, budget: str) -> dict[str, Any]:
     """Run (or resume) the plan search in ``search_dir``, ``new()`` making it the first time;
     a resumed search runs up to ``trials`` in all where that is more than it was begun with
     (as ``darec search --resume --trials`` does). Returns its summary with ``seconds``: its wall
@@ -442,10 +467,11 @@ def timed_search(search_dir: Path, summary_file: Path, new: Callable[[], Search]
 
     earlier = yaml.safe_load(summary_file.read_text()) if summary_file.exists() else {"seconds": 0.0}
     start = time.perf_counter()
-    if (search_dir / STUDY).exists():
-        summary = Search.resume(search_dir, trials=trials, minutes=minutes).run(resume=True)
-    else:
-        summary = new().run()
+    resuming = (search_dir / STUDY).exists()
+    search = Search.resume(search_dir, trials=trials, minutes=minutes) if resuming else new()
+    if earlier.get("trials", 0) < search.config.trials:  # a trial left to train
+        refuse_emulated_bf16(search.run_config, budget, f"the search in {search_dir}")
+    summary = search.run(resume=resuming)
     # A resume with no trial left to run (one that only reports the search) adds no search time.
     ran = summary["trials"] != earlier.get("trials")
     summary = {**summary, "seconds": earlier["seconds"] + (time.perf_counter() - start if ran else 0.0)}

@@ -256,7 +256,7 @@ def main() -> None:
             build_config(overrides=base_overrides), SearchConfig(
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, choices=choices, start_with=[lora],
                 minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir),
-            args.search_minutes, args.trials)
+            args.search_minutes, args.trials, args.budget)
         search_seconds = summary["seconds"]
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")

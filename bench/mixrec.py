@@ -158,7 +158,7 @@ def main() -> None:
             build_config(overrides=mixrec_settings(args, 0)), SearchConfig(
                 trials=args.trials, budget=args.search_steps, max_trainable=cap, experts=EXPERTS, top_k=[1, 2],
                 start_with=[START], minutes=args.search_minutes, valid_users=args.search_valid_users), search_dir),
-            args.search_minutes, args.trials)
+            args.search_minutes, args.trials, args.budget)
         if "plan" not in summary:
             raise SystemExit("the search completed no trial under the parameter cap")
         for picture in ("progress.png", "plans.png"):
