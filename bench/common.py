@@ -272,14 +272,14 @@ BF16_BUDGETS = ("cpu-full",)
 
 def refuse_emulated_bf16(config: RunConfig, budget: str | None, what: str) -> None:
     """Stop before training ``what`` (a run or a search of ``config``) on a CPU without native
-    bf16 matrix units where it would run in bf16 (emulated there, 35-60x slower than fp32: a
+    bf16 matrix units where it would run in bf16 (emulated there, 30-55x slower than fp32: a
     resumed run keeps the precision it began in) or, with ``precision=auto``, in fp32 while the
     rest of its ``budget``'s runs were bf16. ``--set precision=fp32`` does the latter knowingly."""
     if not hasattr(config.model, "backbone") or resolve_device(config.train.device).type != "cpu" or fast_cpu_bf16():
         return
     cpu = machine().split(", ")[1]
     if config.train.precision == "bf16":
-        raise SystemExit(f"{what} trains in bf16, which this CPU ({cpu}, no AMX-BF16 or AVX512-BF16) emulates 35-60x "
+        raise SystemExit(f"{what} trains in bf16, which this CPU ({cpu}, no AMX-BF16 or AVX512-BF16) emulates 30-55x "
                          "slower than fp32: run it on a CPU with either")
     if config.train.precision == "auto" and budget in BF16_BUDGETS:
         raise SystemExit(f"{what}: the {budget} budget's runs train in bf16 (precision=auto on a CPU with AMX-BF16 or "

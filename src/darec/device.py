@@ -87,7 +87,7 @@ def resolve_precision(device: torch.device, precision: str, model: nn.Module | N
 def loaded_precision(device: torch.device, trained: str) -> str:
     """The precision a finished run's model scores in on ``device``: the one it was trained in
     (``trained``), except bf16 on a CPU without native bf16 matrix units, where fp32: bf16
-    matmuls are emulated there, 35-60 times slower than fp32 (a model trained on a machine with
+    matmuls are emulated there, 30-55 times slower than fp32 (a model trained on a machine with
     AMX, served on a laptop), and fp32 differs from bf16 only by its rounding."""
     if trained == "bf16" and device.type == "cpu" and not fast_cpu_bf16():
         log.info("trained in bf16; scoring in fp32 here (this CPU has no native bf16 matrix units)")
@@ -116,7 +116,7 @@ def apply_precision(model: nn.Module, device: torch.device, precision: str) -> s
     so it scores the same in training, evaluation and serving."""
     resolved = resolve_precision(device, precision, model)
     if resolved == "bf16" and device.type == "cpu" and not fast_cpu_bf16():
-        # Asked for (or a run trained in bf16 loaded here): emulated bf16 matmuls ran 35-60 times slower
+        # Asked for (or a run trained in bf16 loaded here): emulated bf16 matmuls ran 30-55 times slower
         # than fp32 on an AVX2-only CPU (bench/results/llm_throughput.md), so say so before it crawls.
         log.warning("precision=bf16 on a CPU without native bf16 matrix units (AMX-BF16 or AVX512-BF16): its "
                     "bf16 matmuls are emulated, far slower than fp32 here; precision=auto (or fp32) avoids that")
