@@ -94,6 +94,22 @@ def test_a_bf16_run_is_scored_in_bf16_only_where_the_cpu_multiplies_bf16_nativel
         assert model.precision == precision and backbone == {getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[precision])}
 
 
+def test_the_precision_auto_chose_on_a_cpu_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import darec.device
+    from rich.console import Console
+
+    overrides = ["model=darec", "backbone=tiny", "item_tokens=4", "lora_r=2", "dataset=synthetic-tiny", "max_len=8",
+                 "device=cpu", "compile=off"]
+    for native, said in ((True, "precision auto: bf16"), (False, "precision auto: fp32 (this CPU has no AMX-BF16")):
+        monkeypatch.setattr(darec.device, "fast_cpu_bf16", lambda native=native: native)
+        out = io.StringIO()
+        Trainer(build_config(overrides=overrides), tmp_path / str(native), console=Console(file=out, width=300),
+                progress=False).release()
+        assert said in out.getvalue()
+
+
 def test_a_stop_request_ends_the_run_at_its_next_step_validated_and_evaluated(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     with pytest.raises(InputError, match="not a run directory that has begun"):

@@ -147,9 +147,11 @@ class Trainer:
         self.model.prepare(self.dataset, load_companions(self.model, self.dataset))
         self.model.to(self.device)
         self.precision = apply_precision(self.model, self.device, t.precision)
-        if self.precision == "bf16" and t.precision == "auto" and self.device.type == "cpu":
+        if t.precision == "auto" and self.device.type == "cpu" and pretrained_parameters(self.model):
             self.console.log("precision auto: bf16 (this CPU multiplies bf16 natively; the frozen backbone is held in bf16, "
-                             "the trained parts in fp32; precision=fp32 to turn it off)")
+                             "the trained parts in fp32; precision=fp32 to turn it off)" if self.precision == "bf16" else
+                             "precision auto: fp32 (this CPU has no AMX-BF16 or AVX512-BF16, so bf16 would be emulated, "
+                             "far slower; a CPU with either trains this model several times faster)")
         config.train.precision = self.precision  # the run keeps what auto resolved to, whatever machine resumes it
         t.shard = sharding(t.shard)  # the run keeps it, as a launcher's FSDP config asked
         self.sharded = self._shard(t.shard)
