@@ -209,7 +209,8 @@ class RunDir:
             log.warning(f"{self.best} {problem}; using {staged}, which holds the weights it should "
                         "(`darec train --resume` puts them back)")
             return staged
-        hint = ("its checkpoints are gone too, so it cannot be scored again" if state.get("checkpoint") is None and state.get("epoch")
+        trained_without_checkpoint = state.get("checkpoint") is None and state.get("epoch")
+        hint = ("its checkpoints are gone too, so it cannot be scored again" if trained_without_checkpoint
                 else "`darec train --resume` trains it again")
         raise DamagedFile(f"{self.best}: {problem} (damaged, or written by an epoch the run never committed); {hint}")
 
