@@ -277,13 +277,12 @@ def refuse_emulated_bf16(config: RunConfig, budget: str | None, what: str) -> No
     rest of its ``budget``'s runs were bf16. ``--set precision=fp32`` does the latter knowingly."""
     if not hasattr(config.model, "backbone") or resolve_device(config.train.device).type != "cpu" or fast_cpu_bf16():
         return
-    cpu = machine().split(", ")[1]
     if config.train.precision == "bf16":
-        raise SystemExit(f"{what} trains in bf16, which this CPU ({cpu}, no AMX-BF16 or AVX512-BF16) emulates 30-55x "
+        raise SystemExit(f"{what} trains in bf16, which this CPU ({machine()}: no AMX-BF16 or AVX512-BF16) emulates 30-55x "
                          "slower than fp32: run it on a CPU with either")
     if config.train.precision == "auto" and budget in BF16_BUDGETS:
         raise SystemExit(f"{what}: the {budget} budget's runs train in bf16 (precision=auto on a CPU with AMX-BF16 or "
-                         f"AVX512-BF16); this CPU ({cpu}) has neither, so it would train in fp32, several times slower, and "
+                         f"AVX512-BF16); this machine ({machine()}) has neither, so it would train in fp32, several times slower, and "
                          "its rows would sit beside bf16 runs. Run it on such a CPU, or --set precision=fp32 knowingly.")
 
 

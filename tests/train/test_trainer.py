@@ -16,6 +16,7 @@ from darec.train.run import RunDir, load_run
 from darec.train.trainer import lr_factor, seconds_per_epoch, trained_threads
 
 FAST = ["dataset=synthetic-tiny", "max_len=20", "hidden_size=16", "inner_size=32", "batch_size=16", "patience=0"]
+TINY_DAREC = ["model=darec", "backbone=tiny", "item_tokens=4", "lora_r=2", "dataset=synthetic-tiny", "max_len=8", "compile=off"]
 
 
 class Stop(Exception):
@@ -84,9 +85,8 @@ def test_a_bf16_run_is_scored_in_bf16_only_where_the_cpu_multiplies_bf16_nativel
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import darec.device
 
-    overrides = ["model=darec", "backbone=tiny", "item_tokens=4", "lora_r=2", "precision=bf16", "dataset=synthetic-tiny",
-                 "max_len=8", "epochs=1", "compile=off"]
-    Trainer(build_config(overrides=overrides), tmp_path / "r", progress=False).fit(final_evaluation=False)
+    Trainer(build_config(overrides=[*TINY_DAREC, "precision=bf16", "epochs=1"]), tmp_path / "r", progress=False).fit(
+        final_evaluation=False)
     for native, precision in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(darec.device, "fast_cpu_bf16", lambda native=native: native)
         model = load_run(tmp_path / "r", device="cpu").model
@@ -100,12 +100,10 @@ def test_the_precision_auto_chose_on_a_cpu_is_said(tmp_path: Path, monkeypatch: 
     import darec.device
     from rich.console import Console
 
-    overrides = ["model=darec", "backbone=tiny", "item_tokens=4", "lora_r=2", "dataset=synthetic-tiny", "max_len=8",
-                 "device=cpu", "compile=off"]
     for native, said in ((True, "precision auto: bf16"), (False, "precision auto: fp32 (this CPU has no AMX-BF16")):
         monkeypatch.setattr(darec.device, "fast_cpu_bf16", lambda native=native: native)
         out = io.StringIO()
-        Trainer(build_config(overrides=overrides), tmp_path / str(native), console=Console(file=out, width=300),
+        Trainer(build_config(overrides=[*TINY_DAREC, "device=cpu"]), tmp_path / str(native), console=Console(file=out, width=300),
                 progress=False).release()
         assert said in out.getvalue()
 
